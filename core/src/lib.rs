@@ -1,0 +1,17 @@
+//! flightdeck-core: the model and every decision of flightdeck, with no I/O.
+//!
+//! - [`key`]: the bucket contract (which object keys are requests, markers, mistakes).
+//! - [`identity`]: stack names, tags and idempotency tokens.
+//! - [`request`]: parsing and checking a user's request.
+//! - [`stack`]: the observed stack and what its status means.
+//! - [`report`]: what flightdeck writes back (markers, `.cf-status`).
+//! - [`orphan`]: when a stack whose request is gone may be deleted.
+//! - [`plan`]: the reconcile table, `plan(observed) -> actions`.
+
+pub mod identity;
+pub mod key;
+pub mod orphan;
+pub mod plan;
+pub mod report;
+pub mod request;
+pub mod stack;

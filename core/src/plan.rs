@@ -1,0 +1,771 @@
+//! The reconcile table of the design, as one pure function.
+//!
+//! [`plan`] first reduces what was observed of one cluster to a [`Desire`] and a stack
+//! phase, then matches every combination, one arm per row of the table. Each arm says what
+//! to do to the stack and what the user should find in their folder; [`render`] turns the
+//! latter into writes, leaving out every write whose content is already there.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::identity::{Identity, create_token, delete_token, hex_md5, update_token};
+use crate::key::{ClusterKey, Mistake, Suffix, mistake_report_key};
+use crate::orphan::OrphanVerdict;
+use crate::report::{ClusterStatus, Phase, created_body, deleted_body, failed_body};
+use crate::request::{Request, RequestRules, changed_keys};
+use crate::stack::{StackPhase, StackView};
+
+/// The request side of one cluster, as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestState {
+    /// No `.cf-create`.
+    Absent,
+    /// A `.cf-create` that parsed and passed the checks.
+    Valid {
+        /// The checked request.
+        request: Request,
+        /// Its ETag.
+        etag: String,
+        /// Its last-modified time, in seconds since the epoch.
+        modified: i64,
+    },
+    /// A `.cf-create` that was refused; the reason is the user's to read.
+    Invalid {
+        /// Why, naming the key, the value and the rule.
+        reason: String,
+        /// Its ETag.
+        etag: String,
+    },
+}
+
+/// Everything observed of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// Which cluster.
+    pub key: ClusterKey,
+    /// The request.
+    pub request: RequestState,
+    /// Whether `.cf-delete` exists.
+    pub delete_requested: bool,
+    /// flightdeck's markers that exist, with their ETags.
+    pub markers: BTreeMap<Suffix, String>,
+    /// The stack of ours for this cluster, if any.
+    pub stack: Option<StackView>,
+    /// Whether the user is enrolled (their customizer folder exists, or enrolment is not
+    /// required).
+    pub enrolled: bool,
+    /// The orphan guard's verdict (meaningful only with a stack and no request).
+    pub orphan: OrphanVerdict,
+}
+
+/// What the planner needs besides the observation: the install's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// Stack prefix and owner.
+    pub identity: &'a Identity,
+    /// Which parameters users may set and which are fixed.
+    pub rules: &'a RequestRules,
+    /// The users' home prefix, e.g. `home/`.
+    pub home_prefix: &'a str,
+    /// Parameters that may change on a running cluster (UpdateStack).
+    pub updatable: &'a BTreeSet<String>,
+}
+
+/// A stack to create or update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackSpec {
+    /// Stack name.
+    pub name: String,
+    /// CloudFormation parameters.
+    pub parameters: BTreeMap<String, String>,
+    /// Stack tags.
+    pub tags: BTreeMap<String, String>,
+    /// ClientRequestToken.
+    pub token: String,
+}
+
+/// Why flightdeck tells the operator (and perhaps the user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeEvent {
+    /// The cluster is ready.
+    Ready,
+    /// The stack failed.
+    Failed,
+    /// The cluster is deleted.
+    Deleted,
+}
+
+/// A notification to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// What happened.
+    pub event: NoticeEvent,
+    /// To which cluster.
+    pub key: ClusterKey,
+    /// The stack's name.
+    pub stack: String,
+    /// The login address (ready) or the reason (failed).
+    pub detail: String,
+}
+
+/// One thing to do. Plain data: the executor carries it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// CreateStack.
+    CreateStack(StackSpec),
+    /// UpdateStack.
+    UpdateStack(StackSpec),
+    /// DeleteStack of a stack of ours belonging to the key's user.
+    DeleteStack {
+        /// Whose stack (the executor checks its tags again before deleting).
+        key: ClusterKey,
+        /// Stack name.
+        name: String,
+        /// Stack id.
+        id: String,
+        /// ClientRequestToken.
+        token: String,
+    },
+    /// Write an object (a marker or the status) with this body.
+    Put {
+        /// Object key.
+        key: String,
+        /// Body.
+        body: String,
+    },
+    /// Remove an object.
+    Remove {
+        /// Object key.
+        key: String,
+    },
+    /// Send a notification.
+    Notify(Notice),
+    /// Something is in progress: look at this cluster again soon.
+    LookAgainSoon,
+}
+
+/// What a row wants one marker to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Want {
+    /// Leave it as it is.
+    Keep,
+    /// It should not exist.
+    Absent,
+    /// It should hold this body.
+    Body(String),
+}
+
+/// What one row of the table decides.
+#[derive(Debug)]
+struct Decision {
+    stack: Option<Action>,
+    status: Want,
+    created: Want,
+    deleted: Want,
+    failed: Want,
+    remove_requests: bool,
+    notify: Option<Notice>,
+    soon: bool,
+}
+
+impl Decision {
+    fn report(status: Want) -> Self {
+        Decision {
+            stack: None,
+            status,
+            created: Want::Keep,
+            deleted: Want::Keep,
+            failed: Want::Keep,
+            remove_requests: false,
+            notify: None,
+            soon: false,
+        }
+    }
+}
+
+/// The desired state, reduced.
+enum Desire<'a> {
+    /// `.cf-delete` exists: delete wins.
+    Delete,
+    /// A valid, admitted request.
+    Exist {
+        request: &'a Request,
+        etag: &'a str,
+        modified: i64,
+    },
+    /// A request that is refused.
+    Refused { reason: String, etag: &'a str },
+    /// No request at all.
+    Nothing,
+}
+
+/// The actions that bring one cluster closer to what its files ask for.
+pub fn plan(obs: &Observed, ctx: &Context<'_>) -> Vec<Action> {
+    let stack = obs
+        .stack
+        .as_ref()
+        .filter(|s| s.phase() != StackPhase::Deleted);
+    let desire = match (&obs.request, obs.delete_requested) {
+        (_, true) => Desire::Delete,
+        (RequestState::Absent, false) => Desire::Nothing,
+        (RequestState::Invalid { reason, etag }, false) => Desire::Refused {
+            reason: reason.clone(),
+            etag,
+        },
+        (RequestState::Valid { etag, .. }, false) if stack.is_none() && !obs.enrolled => {
+            Desire::Refused {
+                reason: format!(
+                    "you are not enrolled for clusters yet: ask your HPC administrators to enrol user `{}`",
+                    obs.key.user
+                ),
+                etag,
+            }
+        }
+        (
+            RequestState::Valid {
+                request,
+                etag,
+                modified,
+            },
+            false,
+        ) => Desire::Exist {
+            request,
+            etag,
+            modified: *modified,
+        },
+    };
+    let decision = decide(obs, ctx, &desire, stack);
+    render(obs, ctx, decision)
+}
+
+fn decide(
+    obs: &Observed,
+    ctx: &Context<'_>,
+    desire: &Desire<'_>,
+    stack: Option<&StackView>,
+) -> Decision {
+    let key = &obs.key;
+    let name = ctx.identity.stack_name(key);
+    let had = |s: Suffix| obs.markers.contains_key(&s);
+    match (desire, stack.map(|s| (s, s.phase()))) {
+        // .cf-delete present, no stack: report deleted, remove the request files.
+        (Desire::Delete, None) => Decision {
+            deleted: Want::Body(deleted_body(key)),
+            created: Want::Absent,
+            failed: Want::Absent,
+            remove_requests: true,
+            notify: had(Suffix::Status).then(|| notice(NoticeEvent::Deleted, key, &name, "")),
+            ..Decision::report(Want::Body(deleted_status(key)))
+        },
+        // .cf-delete present, stack deleting: wait.
+        (Desire::Delete, Some((s, StackPhase::Deleting))) => Decision {
+            soon: true,
+            ..Decision::report(status(
+                key,
+                Phase::Deleting,
+                "deleting the cluster",
+                Some(s),
+                None,
+            ))
+        },
+        // .cf-delete present, stack busy with an update: wait for it, then delete.
+        (Desire::Delete, Some((s, StackPhase::Busy))) => Decision {
+            soon: true,
+            ..Decision::report(status(
+                key,
+                Phase::Deleting,
+                "waiting for the stack's current operation to finish before deleting",
+                Some(s),
+                None,
+            ))
+        },
+        // .cf-delete present, stack exists (same USER by construction): delete it.
+        (Desire::Delete, Some((s, phase))) => {
+            let message = if phase == StackPhase::DeleteFailed {
+                format!("the last delete failed ({}); trying again", s.failure())
+            } else {
+                "deleting the cluster".to_owned()
+            };
+            Decision {
+                stack: Some(delete_action(key, s)),
+                soon: true,
+                ..Decision::report(status(key, Phase::Deleting, &message, Some(s), None))
+            }
+        }
+        // Refused request, no stack: say why; nothing is touched.
+        (Desire::Refused { reason, etag }, None) => Decision {
+            failed: Want::Body(failed_body(
+                reason,
+                "Fix the request file and write it again; nothing was created.",
+            )),
+            created: Want::Absent,
+            deleted: Want::Absent,
+            ..Decision::report(status(key, Phase::Failed, reason, None, Some(etag)))
+        },
+        // Refused request with a stack: say why; the stack is left as it is.
+        (Desire::Refused { reason, etag }, Some((s, phase))) => Decision {
+            failed: Want::Body(failed_body(
+                reason,
+                "Your cluster is left as it was. Fix the request file and write it again.",
+            )),
+            ..Decision::report(status(
+                key,
+                running_phase(phase),
+                &format!("request refused, cluster left as it was: {reason}"),
+                Some(s),
+                Some(etag),
+            ))
+        },
+        // A DELETE_COMPLETE stack is filtered out as no stack before this match.
+        (_, Some((_, StackPhase::Deleted))) => Decision::report(Want::Keep),
+        // Valid request, no stack: create it.
+        (
+            Desire::Exist {
+                request,
+                etag,
+                modified,
+            },
+            None,
+        ) => {
+            let spec = StackSpec {
+                parameters: ctx.rules.stack_parameters(request, key),
+                tags: ctx.identity.tags(key, &request.hash),
+                token: create_token(&name, &request.hash, &modified.to_string()),
+                name: name.clone(),
+            };
+            let mut st = ClusterStatus::new(key, Phase::Creating, "creating the cluster");
+            st.stack = Some(name);
+            st.request_etag = Some(unquote(etag));
+            Decision {
+                stack: Some(Action::CreateStack(spec)),
+                created: Want::Absent,
+                deleted: Want::Absent,
+                failed: Want::Absent,
+                soon: true,
+                ..Decision::report(Want::Body(st.to_json()))
+            }
+        }
+        // Valid request, stack creating: wait.
+        (Desire::Exist { etag, .. }, Some((s, StackPhase::Creating))) => Decision {
+            soon: true,
+            ..Decision::report(status(
+                key,
+                Phase::Creating,
+                "creating the cluster",
+                Some(s),
+                Some(etag),
+            ))
+        },
+        // Valid request, stack busy (update, rollback): wait.
+        (Desire::Exist { etag, .. }, Some((s, StackPhase::Busy))) => Decision {
+            soon: true,
+            ..Decision::report(status(
+                key,
+                Phase::Updating,
+                &format!("stack is {}", s.status),
+                Some(s),
+                Some(etag),
+            ))
+        },
+        // Valid request, old stack still deleting (replacing a failed one): wait.
+        (Desire::Exist { etag, .. }, Some((s, StackPhase::Deleting))) => Decision {
+            soon: true,
+            ..Decision::report(status(
+                key,
+                Phase::Creating,
+                "waiting for the previous stack to be deleted",
+                Some(s),
+                Some(etag),
+            ))
+        },
+        // Valid request, stack running with the same request: ready.
+        (
+            Desire::Exist { request, etag, .. },
+            Some((s, StackPhase::Stable | StackPhase::UpdateRolledBack)),
+        ) if tag_hash(s) == Some(request.hash.as_str()) => ready(key, s, etag),
+        // Valid request changed after a failed update rolled back, not written since: report.
+        (Desire::Exist { etag, modified, .. }, Some((s, StackPhase::UpdateRolledBack)))
+            if *modified <= s.last_change =>
+        {
+            let reason = format!(
+                "your change could not be applied and was rolled back: {}",
+                s.failure()
+            );
+            Decision {
+                failed: Want::Body(failed_body(
+                    &reason,
+                    "The cluster runs on its previous settings. Fix the request and write it again.",
+                )),
+                notify: Some(notice(NoticeEvent::Failed, key, &s.name, &reason)),
+                ..ready(key, s, etag)
+            }
+        }
+        // Valid request, stack running with another request: update in place, or refuse.
+        (
+            Desire::Exist {
+                request,
+                etag,
+                modified,
+            },
+            Some((s, StackPhase::Stable | StackPhase::UpdateRolledBack)),
+        ) => {
+            let wanted = ctx.rules.stack_parameters(request, key);
+            let changed = changed_keys(request.parameters.keys(), &s.parameters, &wanted);
+            match changed.iter().find(|k| !ctx.updatable.contains(*k)) {
+                Some(fixed) => {
+                    let reason = format!(
+                        "`{fixed}` cannot change on a running cluster (it is `{}`, the request asks for `{}`)",
+                        s.parameters.get(fixed).map_or("unset", String::as_str),
+                        wanted.get(fixed).map_or("unset", String::as_str),
+                    );
+                    let advice = format!(
+                        "The cluster is left as it was. To change it, write {c}.cf-delete, wait for {c}.cf-deleted, then write {c}.cf-create again; or put the old value back.",
+                        c = key.cluster
+                    );
+                    Decision {
+                        failed: Want::Body(failed_body(&reason, &advice)),
+                        ..Decision::report(status(
+                            key,
+                            Phase::Ready,
+                            &format!("change refused: {reason}"),
+                            Some(s),
+                            Some(etag),
+                        ))
+                    }
+                }
+                None => Decision {
+                    stack: Some(Action::UpdateStack(StackSpec {
+                        name: s.name.clone(),
+                        parameters: wanted,
+                        tags: ctx.identity.tags(key, &request.hash),
+                        token: update_token(&s.id, &request.hash, &modified.to_string()),
+                    })),
+                    failed: Want::Absent,
+                    soon: true,
+                    ..Decision::report(status(
+                        key,
+                        Phase::Updating,
+                        "updating the cluster",
+                        Some(s),
+                        Some(etag),
+                    ))
+                },
+            }
+        }
+        // Valid request, failed create, request unchanged and not written again: report.
+        (
+            Desire::Exist {
+                request,
+                etag,
+                modified,
+            },
+            Some((s, StackPhase::CreateFailed)),
+        ) if tag_hash(s) == Some(request.hash.as_str()) && *modified <= s.last_change => {
+            let reason = format!("the cluster could not be created: {}", s.failure());
+            Decision {
+                failed: Want::Body(failed_body(
+                    &reason,
+                    "Change the request (or write it again unchanged to retry); flightdeck will replace the failed stack.",
+                )),
+                created: Want::Absent,
+                notify: Some(notice(NoticeEvent::Failed, key, &s.name, &reason)),
+                ..Decision::report(status(key, Phase::Failed, &reason, Some(s), Some(etag)))
+            }
+        }
+        // Valid request changed (or written again) after a failed create: delete, then recreate.
+        (Desire::Exist { etag, .. }, Some((s, StackPhase::CreateFailed))) => Decision {
+            stack: Some(delete_action(key, s)),
+            soon: true,
+            failed: Want::Absent,
+            ..Decision::report(status(
+                key,
+                Phase::Creating,
+                "replacing the failed stack",
+                Some(s),
+                Some(etag),
+            ))
+        },
+        // Valid request, stack stuck after a failed update rollback: an operator must act.
+        (Desire::Exist { etag, .. }, Some((s, StackPhase::Stuck))) => {
+            let reason = format!(
+                "the stack is stuck in {} ({}); your HPC administrators have been told",
+                s.status,
+                s.failure()
+            );
+            Decision {
+                failed: Want::Body(failed_body(&reason, "")),
+                notify: Some(notice(NoticeEvent::Failed, key, &s.name, &reason)),
+                ..Decision::report(status(key, Phase::Failed, &reason, Some(s), Some(etag)))
+            }
+        }
+        // Valid request, replacing a failed stack whose delete failed: retry the delete.
+        (Desire::Exist { etag, .. }, Some((s, StackPhase::DeleteFailed))) => Decision {
+            stack: Some(delete_action(key, s)),
+            soon: true,
+            ..Decision::report(status(
+                key,
+                Phase::Failed,
+                &format!(
+                    "the failed stack could not be deleted ({}); trying again",
+                    s.failure()
+                ),
+                Some(s),
+                Some(etag),
+            ))
+        },
+        // No request, no stack: tidy stale markers. A cluster that was ready is reported deleted.
+        (Desire::Nothing, None) => {
+            if had(Suffix::Created) {
+                Decision {
+                    deleted: Want::Body(deleted_body(key)),
+                    created: Want::Absent,
+                    failed: Want::Absent,
+                    notify: Some(notice(NoticeEvent::Deleted, key, &name, "")),
+                    ..Decision::report(Want::Body(deleted_status(key)))
+                }
+            } else {
+                Decision {
+                    failed: Want::Absent,
+                    ..Decision::report(if had(Suffix::Deleted) {
+                        Want::Body(deleted_status(key))
+                    } else {
+                        Want::Absent
+                    })
+                }
+            }
+        }
+        // No request, stack deleting: wait.
+        (Desire::Nothing, Some((s, StackPhase::Deleting))) => Decision {
+            soon: true,
+            ..Decision::report(status(
+                key,
+                Phase::Deleting,
+                "deleting the cluster",
+                Some(s),
+                None,
+            ))
+        },
+        // No request, stack of ours: an orphan, handled by the guard's verdict.
+        (Desire::Nothing, Some((s, phase))) => orphan(key, s, phase, obs.orphan),
+    }
+}
+
+fn orphan(key: &ClusterKey, s: &StackView, phase: StackPhase, verdict: OrphanVerdict) -> Decision {
+    let c = &key.cluster;
+    let waiting = |message: String| {
+        Decision::report(status(key, running_phase(phase), &message, Some(s), None))
+    };
+    match verdict {
+        OrphanVerdict::NotJudged => Decision::report(Want::Keep),
+        OrphanVerdict::Delete if phase != StackPhase::Busy => Decision {
+            stack: Some(delete_action(key, s)),
+            soon: true,
+            ..Decision::report(status(
+                key,
+                Phase::Deleting,
+                &format!("{c}.cf-create is gone: deleting the cluster"),
+                Some(s),
+                None,
+            ))
+        },
+        OrphanVerdict::Delete => Decision {
+            soon: true,
+            ..waiting(format!(
+                "{c}.cf-create is gone: the cluster will be deleted when its current operation ends"
+            ))
+        },
+        OrphanVerdict::Waiting => waiting(format!(
+            "{c}.cf-create is gone: the cluster will be deleted after a grace period unless the file is written again"
+        )),
+        OrphanVerdict::ReportOnly => waiting(format!(
+            "{c}.cf-create is gone: your HPC administrators will remove the cluster (write {c}.cf-delete to delete it now)"
+        )),
+        OrphanVerdict::HeldBack => waiting(format!(
+            "{c}.cf-create is gone, but deletion is held back because many requests vanished at once; your HPC administrators have been alerted (write {c}.cf-delete to delete it now)"
+        )),
+    }
+}
+
+fn ready(key: &ClusterKey, s: &StackView, etag: &str) -> Decision {
+    match &s.login_ip {
+        Some(ip) => {
+            let mut st =
+                ClusterStatus::new(key, Phase::Ready, format!("ready: ssh {}@{ip}", key.user));
+            fill(&mut st, Some(s), Some(etag));
+            Decision {
+                created: Want::Body(created_body(key, ip, &s.name)),
+                deleted: Want::Absent,
+                failed: Want::Absent,
+                notify: Some(notice(NoticeEvent::Ready, key, &s.name, ip)),
+                ..Decision::report(Want::Body(st.to_json()))
+            }
+        }
+        None => Decision {
+            soon: true,
+            ..Decision::report(status(
+                key,
+                Phase::Creating,
+                "the stack is complete; waiting for the login address",
+                Some(s),
+                Some(etag),
+            ))
+        },
+    }
+}
+
+/// The phase to show while a stack exists and nothing is being done to it.
+fn running_phase(phase: StackPhase) -> Phase {
+    match phase {
+        StackPhase::Creating => Phase::Creating,
+        StackPhase::Busy => Phase::Updating,
+        StackPhase::Deleting | StackPhase::DeleteFailed => Phase::Deleting,
+        StackPhase::Stable | StackPhase::UpdateRolledBack => Phase::Ready,
+        StackPhase::CreateFailed | StackPhase::Stuck | StackPhase::Deleted => Phase::Failed,
+    }
+}
+
+fn delete_action(key: &ClusterKey, s: &StackView) -> Action {
+    Action::DeleteStack {
+        key: key.clone(),
+        name: s.name.clone(),
+        id: s.id.clone(),
+        token: delete_token(&s.id, &s.status, &s.last_change.to_string()),
+    }
+}
+
+fn notice(event: NoticeEvent, key: &ClusterKey, stack: &str, detail: &str) -> Notice {
+    Notice {
+        event,
+        key: key.clone(),
+        stack: stack.to_owned(),
+        detail: detail.to_owned(),
+    }
+}
+
+fn tag_hash(s: &StackView) -> Option<&str> {
+    s.tags.get(crate::identity::TAG_REQUEST).map(String::as_str)
+}
+
+fn status(
+    key: &ClusterKey,
+    phase: Phase,
+    message: &str,
+    s: Option<&StackView>,
+    etag: Option<&str>,
+) -> Want {
+    let mut st = ClusterStatus::new(key, phase, message);
+    fill(&mut st, s, etag);
+    Want::Body(st.to_json())
+}
+
+fn fill(st: &mut ClusterStatus, s: Option<&StackView>, etag: Option<&str>) {
+    if let Some(s) = s {
+        st.stack = Some(s.name.clone());
+        st.stack_id = Some(s.id.clone()).filter(|id| !id.is_empty());
+        st.login_ip = s.login_ip.clone();
+    }
+    st.request_etag = etag.map(unquote);
+}
+
+fn deleted_status(key: &ClusterKey) -> String {
+    ClusterStatus::new(key, Phase::Deleted, "the cluster is deleted").to_json()
+}
+
+fn unquote(etag: &str) -> String {
+    etag.trim_matches('"').to_owned()
+}
+
+/// Whether an object with `etag` already holds `body` (S3's ETag of a single-part upload
+/// is the MD5 of its content).
+pub fn holds(etag: &str, body: &str) -> bool {
+    unquote(etag).eq_ignore_ascii_case(&hex_md5(body.as_bytes()))
+}
+
+/// Turns a decision into actions: the stack action first, then writes of markers whose
+/// content differs, removals of markers that should not exist, the notice (only when its
+/// marker is newly written, so it goes out once), and a look-again.
+fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
+    let mut actions: Vec<Action> = d.stack.into_iter().collect();
+    let mut written = BTreeSet::new();
+    for (suffix, want) in [
+        (Suffix::Failed, &d.failed),
+        (Suffix::Created, &d.created),
+        (Suffix::Deleted, &d.deleted),
+        (Suffix::Status, &d.status),
+    ] {
+        let object = obs.key.object_key(ctx.home_prefix, suffix);
+        let present = obs.markers.get(&suffix);
+        match (want, present) {
+            (Want::Body(body), Some(etag)) if holds(etag, body) => {}
+            (Want::Body(body), _) => {
+                written.insert(suffix);
+                actions.push(Action::Put {
+                    key: object,
+                    body: body.clone(),
+                });
+            }
+            (Want::Absent, Some(_)) => actions.push(Action::Remove { key: object }),
+            (Want::Absent, None) | (Want::Keep, _) => {}
+        }
+    }
+    if d.remove_requests {
+        if !matches!(obs.request, RequestState::Absent) {
+            actions.push(Action::Remove {
+                key: obs.key.object_key(ctx.home_prefix, Suffix::Create),
+            });
+        }
+        if obs.delete_requested {
+            actions.push(Action::Remove {
+                key: obs.key.object_key(ctx.home_prefix, Suffix::Delete),
+            });
+        }
+    }
+    if let Some(n) = d.notify {
+        let marker = match n.event {
+            NoticeEvent::Ready => Suffix::Created,
+            NoticeEvent::Failed => Suffix::Failed,
+            NoticeEvent::Deleted => Suffix::Deleted,
+        };
+        if written.contains(&marker) {
+            actions.push(Action::Notify(n));
+        }
+    }
+    if d.soon {
+        actions.push(Action::LookAgainSoon);
+    }
+    actions
+}
+
+/// Reports for requests the user got wrong: each mistaken file gets its explanation next
+/// to it (written only when the text differs); an explanation whose file is gone is removed.
+///
+/// `mistaken` maps a mistaken file's key to what is wrong with it; `reports` maps each
+/// existing explanation's key to its ETag.
+pub fn plan_mistakes(
+    mistaken: &BTreeMap<String, Mistake>,
+    reports: &BTreeMap<String, String>,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for (source, mistake) in mistaken {
+        let report = mistake_report_key(source);
+        let body = failed_body(
+            &format!("flightdeck did not read `{source}`: {mistake}."),
+            "Nothing was created or changed.",
+        );
+        if !reports.get(&report).is_some_and(|etag| holds(etag, &body)) {
+            actions.push(Action::Put { key: report, body });
+        }
+    }
+    for report in reports.keys() {
+        let source = report.strip_suffix(".cf-failed").unwrap_or(report);
+        if !mistaken.contains_key(source) {
+            actions.push(Action::Remove {
+                key: report.clone(),
+            });
+        }
+    }
+    actions
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,674 @@
+//! The reconcile table, one row per case: what is observed, and the actions expected.
+
+use super::*;
+use crate::request::parse_request;
+use crate::request::tests::{SEED_EXAMPLE, rules};
+
+const IP: &str = "203.0.113.7";
+
+struct World {
+    identity: Identity,
+    rules: RequestRules,
+    updatable: BTreeSet<String>,
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            identity: Identity::new("fd", "site-a").unwrap(),
+            rules: rules(),
+            updatable: ["ComputeMaxNodes", "ComputeInitialNodes", "ComputeSpotPrice"]
+                .map(String::from)
+                .into(),
+        }
+    }
+
+    fn ctx(&self) -> Context<'_> {
+        Context {
+            identity: &self.identity,
+            rules: &self.rules,
+            home_prefix: "home/",
+            updatable: &self.updatable,
+        }
+    }
+}
+
+fn key() -> ClusterKey {
+    ClusterKey::new("alice", "x").unwrap()
+}
+
+fn seed() -> Request {
+    parse_request(SEED_EXAMPLE.as_bytes(), &rules()).unwrap()
+}
+
+fn changed(key: &str, value: &str) -> Request {
+    let mut r = seed();
+    r.parameters.insert(key.into(), value.into());
+    r.hash = crate::request::request_hash(&r.parameters);
+    r
+}
+
+fn valid(request: Request) -> RequestState {
+    RequestState::Valid {
+        request,
+        etag: "\"e1\"".into(),
+        modified: 100,
+    }
+}
+
+fn invalid() -> RequestState {
+    RequestState::Invalid {
+        reason: "`Foo` is not a setting you can choose".into(),
+        etag: "\"e2\"".into(),
+    }
+}
+
+/// A stack of ours for alice/x created from `request`, last changed at 200.
+fn stack(status: &str, request: &Request) -> StackView {
+    let w = World::new();
+    StackView {
+        name: "fd-alice-x".into(),
+        id: "arn:aws:cloudformation:eu-west-2:123456789012:stack/fd-alice-x/1".into(),
+        status: status.into(),
+        status_reason: None,
+        last_change: 200,
+        tags: w.identity.tags(&key(), &request.hash),
+        parameters: w.rules.stack_parameters(request, &key()),
+        outputs: BTreeMap::from([("LoginIp".into(), IP.into())]),
+        failure_reason: Some("Master: capacity not available".into()),
+        login_ip: Some(IP.into()),
+    }
+}
+
+fn base() -> Observed {
+    Observed {
+        key: key(),
+        request: RequestState::Absent,
+        delete_requested: false,
+        markers: BTreeMap::new(),
+        stack: None,
+        enrolled: true,
+        orphan: OrphanVerdict::NotJudged,
+    }
+}
+
+fn with_markers(mut o: Observed, markers: &[Suffix]) -> Observed {
+    for m in markers {
+        o.markers.insert(*m, "\"0\"".into());
+    }
+    o
+}
+
+/// One line per action: `create NAME`, `put FILE`, `status PHASE`, `remove FILE`, ...
+fn summary(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .map(|a| match a {
+            Action::CreateStack(s) => format!("create {}", s.name),
+            Action::UpdateStack(s) => format!("update {}", s.name),
+            Action::DeleteStack { name, .. } => format!("delete {name}"),
+            Action::Put { key, body } if key.ends_with(".cf-status") => {
+                let st: ClusterStatus = serde_json::from_str(body).unwrap();
+                format!("status {:?}", st.phase)
+            }
+            Action::Put { key, .. } => format!("put {}", key.trim_start_matches("home/alice/")),
+            Action::Remove { key } => format!("remove {}", key.trim_start_matches("home/alice/")),
+            Action::Notify(n) => format!("notify {:?}", n.event),
+            Action::LookAgainSoon => "soon".into(),
+        })
+        .collect()
+}
+
+fn body_of<'a>(actions: &'a [Action], suffix: &str) -> &'a str {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Put { key, body } if key.ends_with(suffix) => Some(body.as_str()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no put of {suffix} in {actions:?}"))
+}
+
+fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
+    let s = seed();
+    let o = base;
+    vec![
+        (
+            "valid request, admitted, no stack: create",
+            Observed {
+                request: valid(s.clone()),
+                ..o()
+            },
+            vec!["create fd-alice-x", "status Creating", "soon"],
+        ),
+        (
+            "valid request, user not enrolled: refused, nothing created",
+            Observed {
+                request: valid(s.clone()),
+                enrolled: false,
+                ..o()
+            },
+            vec!["put x.cf-failed", "status Failed"],
+        ),
+        (
+            "valid request, new create clears markers of an earlier cluster",
+            with_markers(
+                Observed {
+                    request: valid(s.clone()),
+                    ..o()
+                },
+                &[Suffix::Deleted, Suffix::Failed],
+            ),
+            vec![
+                "create fd-alice-x",
+                "remove x.cf-failed",
+                "remove x.cf-deleted",
+                "status Creating",
+                "soon",
+            ],
+        ),
+        (
+            "valid request, CREATE_IN_PROGRESS: creating, look again soon",
+            Observed {
+                request: valid(s.clone()),
+                stack: Some(stack("CREATE_IN_PROGRESS", &s)),
+                ..o()
+            },
+            vec!["status Creating", "soon"],
+        ),
+        (
+            "valid request, CREATE_COMPLETE, hash equal: ready, notify once",
+            Observed {
+                request: valid(s.clone()),
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                ..o()
+            },
+            vec!["put x.cf-created", "status Ready", "notify Ready"],
+        ),
+        (
+            "valid request, CREATE_COMPLETE without a login address yet: wait",
+            Observed {
+                request: valid(s.clone()),
+                stack: Some(StackView {
+                    login_ip: None,
+                    ..stack("CREATE_COMPLETE", &s)
+                }),
+                ..o()
+            },
+            vec!["status Creating", "soon"],
+        ),
+        (
+            "valid request, hash differs in an updatable key: update",
+            Observed {
+                request: valid(changed("ComputeMaxNodes", "30")),
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                ..o()
+            },
+            vec!["update fd-alice-x", "status Updating", "soon"],
+        ),
+        (
+            "valid request, hash differs in a key that cannot change: refused, cluster kept",
+            Observed {
+                request: valid(changed("MasterInstanceType", "c5.large")),
+                stack: Some(stack("UPDATE_COMPLETE", &s)),
+                ..o()
+            },
+            vec!["put x.cf-failed", "status Ready"],
+        ),
+        (
+            "valid request, UPDATE_IN_PROGRESS: updating, look again soon",
+            Observed {
+                request: valid(s.clone()),
+                stack: Some(stack("UPDATE_IN_PROGRESS", &s)),
+                ..o()
+            },
+            vec!["status Updating", "soon"],
+        ),
+        (
+            "valid request, UPDATE_ROLLBACK_COMPLETE, change not written since: failed, still ready",
+            Observed {
+                request: valid(changed("ComputeMaxNodes", "30")),
+                stack: Some(stack("UPDATE_ROLLBACK_COMPLETE", &s)),
+                ..o()
+            },
+            vec![
+                "put x.cf-failed",
+                "put x.cf-created",
+                "status Ready",
+                "notify Failed",
+            ],
+        ),
+        (
+            "valid request, CREATE_FAILED, request unchanged: failed with reason, no retry",
+            Observed {
+                request: valid(s.clone()),
+                stack: Some(stack("CREATE_FAILED", &s)),
+                ..o()
+            },
+            vec!["put x.cf-failed", "status Failed", "notify Failed"],
+        ),
+        (
+            "valid request, ROLLBACK_COMPLETE, request unchanged: failed with reason, no retry",
+            Observed {
+                request: valid(s.clone()),
+                stack: Some(stack("ROLLBACK_COMPLETE", &s)),
+                ..o()
+            },
+            vec!["put x.cf-failed", "status Failed", "notify Failed"],
+        ),
+        (
+            "valid request changed after ROLLBACK_COMPLETE: delete, then recreate",
+            Observed {
+                request: valid(changed("ComputeMaxNodes", "3")),
+                stack: Some(stack("ROLLBACK_COMPLETE", &s)),
+                ..o()
+            },
+            vec!["delete fd-alice-x", "status Creating", "soon"],
+        ),
+        (
+            "valid request written again after CREATE_FAILED: delete, then recreate",
+            Observed {
+                request: RequestState::Valid {
+                    request: s.clone(),
+                    etag: "\"e1\"".into(),
+                    modified: 300,
+                },
+                stack: Some(stack("CREATE_FAILED", &s)),
+                ..o()
+            },
+            vec!["delete fd-alice-x", "status Creating", "soon"],
+        ),
+        (
+            "valid request, old stack still DELETE_IN_PROGRESS: wait",
+            Observed {
+                request: valid(s.clone()),
+                stack: Some(stack("DELETE_IN_PROGRESS", &s)),
+                ..o()
+            },
+            vec!["status Creating", "soon"],
+        ),
+        (
+            "valid request, UPDATE_ROLLBACK_FAILED: failed, an operator must act",
+            Observed {
+                request: valid(s.clone()),
+                stack: Some(stack("UPDATE_ROLLBACK_FAILED", &s)),
+                ..o()
+            },
+            vec!["put x.cf-failed", "status Failed", "notify Failed"],
+        ),
+        (
+            "invalid request, no stack: failed, nothing touched",
+            Observed {
+                request: invalid(),
+                ..o()
+            },
+            vec!["put x.cf-failed", "status Failed"],
+        ),
+        (
+            "invalid request, running stack: failed, the stack is left as it is",
+            Observed {
+                request: invalid(),
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                ..o()
+            },
+            vec!["put x.cf-failed", "status Ready"],
+        ),
+        (
+            ".cf-delete, stack exists: delete",
+            Observed {
+                delete_requested: true,
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                ..o()
+            },
+            vec!["delete fd-alice-x", "status Deleting", "soon"],
+        ),
+        (
+            ".cf-delete and .cf-create both, stack exists: delete wins",
+            Observed {
+                request: valid(s.clone()),
+                delete_requested: true,
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                ..o()
+            },
+            vec!["delete fd-alice-x", "status Deleting", "soon"],
+        ),
+        (
+            ".cf-delete, invalid request: delete wins",
+            Observed {
+                request: invalid(),
+                delete_requested: true,
+                ..o()
+            },
+            vec![
+                "put x.cf-deleted",
+                "status Deleted",
+                "remove x.cf-create",
+                "remove x.cf-delete",
+            ],
+        ),
+        (
+            ".cf-delete, stack DELETE_IN_PROGRESS: deleting, look again soon",
+            Observed {
+                delete_requested: true,
+                stack: Some(stack("DELETE_IN_PROGRESS", &s)),
+                ..o()
+            },
+            vec!["status Deleting", "soon"],
+        ),
+        (
+            ".cf-delete, stack CREATE_IN_PROGRESS: delete (CloudFormation cancels the create)",
+            Observed {
+                delete_requested: true,
+                stack: Some(stack("CREATE_IN_PROGRESS", &s)),
+                ..o()
+            },
+            vec!["delete fd-alice-x", "status Deleting", "soon"],
+        ),
+        (
+            ".cf-delete, stack mid-update: wait for the update, then delete",
+            Observed {
+                delete_requested: true,
+                stack: Some(stack("UPDATE_IN_PROGRESS", &s)),
+                ..o()
+            },
+            vec!["status Deleting", "soon"],
+        ),
+        (
+            ".cf-delete, stack gone: deleted, request files removed, notify",
+            with_markers(
+                Observed {
+                    request: valid(s.clone()),
+                    delete_requested: true,
+                    ..o()
+                },
+                &[Suffix::Created, Suffix::Status],
+            ),
+            vec![
+                "remove x.cf-created",
+                "put x.cf-deleted",
+                "status Deleted",
+                "remove x.cf-create",
+                "remove x.cf-delete",
+                "notify Deleted",
+            ],
+        ),
+        (
+            ".cf-delete for a cluster that never existed: deleted, idempotent, no notice",
+            Observed {
+                delete_requested: true,
+                ..o()
+            },
+            vec!["put x.cf-deleted", "status Deleted", "remove x.cf-delete"],
+        ),
+        (
+            "DELETE_FAILED: retry the delete, status says why",
+            Observed {
+                delete_requested: true,
+                stack: Some(stack("DELETE_FAILED", &s)),
+                ..o()
+            },
+            vec!["delete fd-alice-x", "status Deleting", "soon"],
+        ),
+        (
+            "no request, stack of ours, orphan past grace: delete",
+            Observed {
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                orphan: OrphanVerdict::Delete,
+                ..o()
+            },
+            vec!["delete fd-alice-x", "status Deleting", "soon"],
+        ),
+        (
+            "no request, orphan within grace: keep, say so",
+            Observed {
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                orphan: OrphanVerdict::Waiting,
+                ..o()
+            },
+            vec!["status Ready"],
+        ),
+        (
+            "no request, orphan held back by the cap: keep",
+            Observed {
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                orphan: OrphanVerdict::HeldBack,
+                ..o()
+            },
+            vec!["status Ready"],
+        ),
+        (
+            "no request, orphan policy report: keep",
+            Observed {
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                orphan: OrphanVerdict::ReportOnly,
+                ..o()
+            },
+            vec!["status Ready"],
+        ),
+        (
+            "no request, orphan not judged (single-key look): nothing",
+            Observed {
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                ..o()
+            },
+            vec![],
+        ),
+        (
+            "no request, orphan past grace but mid-update: wait",
+            Observed {
+                stack: Some(stack("UPDATE_IN_PROGRESS", &s)),
+                orphan: OrphanVerdict::Delete,
+                ..o()
+            },
+            vec!["status Updating", "soon"],
+        ),
+        (
+            "no request, orphan being deleted: deleting, look again soon",
+            Observed {
+                stack: Some(stack("DELETE_IN_PROGRESS", &s)),
+                orphan: OrphanVerdict::Delete,
+                ..o()
+            },
+            vec!["status Deleting", "soon"],
+        ),
+        (
+            "no request, no stack, cluster was ready: report it deleted",
+            with_markers(o(), &[Suffix::Created, Suffix::Status]),
+            vec![
+                "remove x.cf-created",
+                "put x.cf-deleted",
+                "status Deleted",
+                "notify Deleted",
+            ],
+        ),
+        (
+            "no request, no stack, stale failure report: tidied",
+            with_markers(o(), &[Suffix::Failed, Suffix::Status]),
+            vec!["remove x.cf-failed", "remove x.cf-status"],
+        ),
+        ("nothing at all: nothing", o(), vec![]),
+    ]
+}
+
+#[test]
+fn every_row_of_the_reconcile_table() {
+    let w = World::new();
+    for (name, observed, want) in cases() {
+        let got = plan(&observed, &w.ctx());
+        assert_eq!(summary(&got), want, "row: {name}");
+    }
+}
+
+#[test]
+fn a_second_pass_after_the_writes_writes_nothing() {
+    let w = World::new();
+    for (name, observed, _) in cases() {
+        let first = plan(&observed, &w.ctx());
+        let mut after = observed.clone();
+        for a in &first {
+            match a {
+                Action::Put { key, body } => {
+                    let suffix = Suffix::ALL
+                        .into_iter()
+                        .find(|s| key.ends_with(&format!(".{}", s.as_str())))
+                        .unwrap();
+                    after
+                        .markers
+                        .insert(suffix, format!("\"{}\"", hex_md5(body.as_bytes())));
+                }
+                Action::Remove { key } if key.ends_with(".cf-create") => {
+                    after.request = RequestState::Absent;
+                }
+                Action::Remove { key } if key.ends_with(".cf-delete") => {
+                    after.delete_requested = false
+                }
+                Action::Remove { key } => {
+                    after
+                        .markers
+                        .retain(|s, _| !key.ends_with(&format!(".{}", s.as_str())));
+                }
+                _ => {}
+            }
+        }
+        let again = plan(&after, &w.ctx());
+        let writes: Vec<_> = again
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Put { .. } | Action::Remove { .. } | Action::Notify(_)
+                )
+            })
+            .collect();
+        assert!(
+            writes.is_empty(),
+            "row: {name}: second pass wrote {writes:?}"
+        );
+    }
+}
+
+#[test]
+fn create_sends_fixed_parameters_and_our_tags() {
+    let w = World::new();
+    let got = plan(
+        &Observed {
+            request: valid(seed()),
+            ..base()
+        },
+        &w.ctx(),
+    );
+    let Action::CreateStack(spec) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(spec.parameters["AccessUsername"], "alice");
+    assert_eq!(spec.parameters["ComputeInstanceType"], "r4.large");
+    assert_eq!(spec.tags["USER"], "alice");
+    assert_eq!(spec.tags["flightdeck:owner"], "site-a");
+    assert_eq!(spec.tags["flightdeck:cluster"], "x");
+    assert_eq!(spec.tags["flightdeck:request"], seed().hash);
+    assert!(spec.token.starts_with("fd-create-"));
+}
+
+#[test]
+fn failure_reports_say_what_to_do() {
+    let w = World::new();
+    let s = seed();
+    let failed = plan(
+        &Observed {
+            request: valid(s.clone()),
+            stack: Some(stack("ROLLBACK_COMPLETE", &s)),
+            ..base()
+        },
+        &w.ctx(),
+    );
+    let body = body_of(&failed, ".cf-failed");
+    assert!(body.contains("Master: capacity not available"), "{body}");
+    assert!(body.contains("write it again unchanged to retry"), "{body}");
+
+    let refused = plan(
+        &Observed {
+            request: valid(changed("MasterInstanceType", "c5.large")),
+            stack: Some(stack("CREATE_COMPLETE", &s)),
+            ..base()
+        },
+        &w.ctx(),
+    );
+    let body = body_of(&refused, ".cf-failed");
+    assert!(body.contains("`MasterInstanceType` cannot change on a running cluster (it is `r4.large`, the request asks for `c5.large`)"), "{body}");
+    assert!(body.contains("x.cf-delete"), "{body}");
+
+    let carol = plan(
+        &Observed {
+            request: valid(s),
+            enrolled: false,
+            ..base()
+        },
+        &w.ctx(),
+    );
+    assert!(body_of(&carol, ".cf-failed").contains("not enrolled"));
+}
+
+#[test]
+fn ready_marker_and_status_carry_the_login_address() {
+    let w = World::new();
+    let s = seed();
+    let got = plan(
+        &Observed {
+            request: valid(s.clone()),
+            stack: Some(stack("CREATE_COMPLETE", &s)),
+            ..base()
+        },
+        &w.ctx(),
+    );
+    assert_eq!(body_of(&got, ".cf-created").lines().next(), Some(IP));
+    let st: ClusterStatus = serde_json::from_str(body_of(&got, ".cf-status")).unwrap();
+    assert_eq!(st.login_ip.as_deref(), Some(IP));
+    assert_eq!(st.request_etag.as_deref(), Some("e1"));
+    assert_eq!(st.stack.as_deref(), Some("fd-alice-x"));
+}
+
+#[test]
+fn a_delete_retry_after_delete_failed_uses_a_new_token() {
+    let w = World::new();
+    let s = seed();
+    let token = |status: &str| {
+        let got = plan(
+            &Observed {
+                delete_requested: true,
+                stack: Some(stack(status, &s)),
+                ..base()
+            },
+            &w.ctx(),
+        );
+        match &got[0] {
+            Action::DeleteStack { token, key, .. } => {
+                assert_eq!(key, &self::key());
+                token.clone()
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_ne!(token("CREATE_COMPLETE"), token("DELETE_FAILED"));
+}
+
+#[test]
+fn mistaken_requests_are_explained_once_and_tidied_when_gone() {
+    let source = "home/alice/my_cluster.cf-create".to_owned();
+    let mistake = match crate::key::classify("home/", &source) {
+        crate::key::KeyKind::Mistaken { mistake, .. } => mistake,
+        other => panic!("{other:?}"),
+    };
+    let mistaken = BTreeMap::from([(source.clone(), mistake)]);
+    let first = plan_mistakes(&mistaken, &BTreeMap::new());
+    let [Action::Put { key, body }] = first.as_slice() else {
+        panic!("{first:?}")
+    };
+    assert_eq!(key, "home/alice/my_cluster.cf-create.cf-failed");
+    assert!(body.contains("`my-cluster`"), "{body}");
+    let reports = BTreeMap::from([(key.clone(), hex_md5(body.as_bytes()))]);
+    assert_eq!(plan_mistakes(&mistaken, &reports), vec![]);
+    assert_eq!(
+        plan_mistakes(&BTreeMap::new(), &reports),
+        vec![Action::Remove { key: key.clone() }]
+    );
+}

@@ -1,0 +1,133 @@
+//! What flightdeck writes back to users: the markers' contents and the `.cf-status` JSON.
+
+use serde::{Deserialize, Serialize};
+
+use crate::key::ClusterKey;
+
+/// Version of the `.cf-status` schema. Bumped on any incompatible change.
+pub const STATUS_VERSION: u32 = 1;
+
+/// The phase a user sees in `.cf-status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Accepted, nothing done yet.
+    Pending,
+    /// The stack is being created.
+    Creating,
+    /// The cluster is running; `.cf-created` has its login address.
+    Ready,
+    /// The stack is being updated.
+    Updating,
+    /// The stack is being deleted.
+    Deleting,
+    /// Nothing is running any more.
+    Deleted,
+    /// The request was refused or the stack failed; `.cf-failed` says why.
+    Failed,
+}
+
+/// The `.cf-status` document: the machine-readable view of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Schema version, [`STATUS_VERSION`].
+    pub version: u32,
+    /// Whose cluster.
+    pub user: String,
+    /// Which cluster.
+    pub cluster: String,
+    /// Where it stands.
+    pub phase: Phase,
+    /// One line for a person.
+    pub message: String,
+    /// The stack's name, once there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+    /// The stack's id, once CloudFormation has given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<String>,
+    /// The login address, when ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_ip: Option<String>,
+    /// The ETag of the `.cf-create` this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_etag: Option<String>,
+}
+
+impl ClusterStatus {
+    /// A status for `key` in `phase`.
+    pub fn new(key: &ClusterKey, phase: Phase, message: impl Into<String>) -> Self {
+        ClusterStatus {
+            version: STATUS_VERSION,
+            user: key.user.clone(),
+            cluster: key.cluster.clone(),
+            phase,
+            message: message.into(),
+            stack: None,
+            stack_id: None,
+            login_ip: None,
+            request_etag: None,
+        }
+    }
+
+    /// The document as written to `.cf-status`: pretty JSON with a final newline; the same
+    /// status always gives the same bytes, so an unchanged status is never rewritten.
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}
+
+/// `.cf-created`: the first line is the login address (what scripts of the older design
+/// read); then how to log in.
+pub fn created_body(key: &ClusterKey, ip: &str, stack: &str) -> String {
+    format!(
+        "{ip}\nssh {user}@{ip}\ncluster {cluster} is ready (stack {stack})\n",
+        user = key.user,
+        cluster = key.cluster
+    )
+}
+
+/// `.cf-deleted`.
+pub fn deleted_body(key: &ClusterKey) -> String {
+    format!(
+        "cluster {} is deleted; write {}.cf-create again to start a new one\n",
+        key.cluster, key.cluster
+    )
+}
+
+/// `.cf-failed`: the reason, then what the user can do.
+pub fn failed_body(reason: &str, advice: &str) -> String {
+    if advice.is_empty() {
+        format!("{reason}\n")
+    } else {
+        format!("{reason}\n{advice}\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_json_is_stable_and_omits_unknowns() {
+        let key = ClusterKey::new("alice", "x").unwrap();
+        let s = ClusterStatus::new(&key, Phase::Creating, "creating");
+        let json = s.to_json();
+        assert_eq!(json, s.clone().to_json());
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["phase"], "Creating");
+        assert!(v.get("login_ip").is_none());
+        let back: ClusterStatus = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn created_marker_starts_with_the_login_address() {
+        let key = ClusterKey::new("alice", "x").unwrap();
+        let body = created_body(&key, "203.0.113.7", "fd-alice-x");
+        assert_eq!(body.lines().next(), Some("203.0.113.7"));
+        assert!(body.contains("ssh alice@203.0.113.7"));
+    }
+}
