@@ -6,6 +6,7 @@
 //! - [`stack`]: the observed stack and what its status means.
 //! - [`report`]: what flightdeck writes back (markers, `.cf-status`).
 //! - [`orphan`]: when a stack whose request is gone may be deleted.
+//! - [`snapshot`]: one look at the world, grouped by cluster.
 //! - [`plan`]: the reconcile table, `plan(observed) -> actions`.
 
 pub mod identity;
@@ -14,4 +15,5 @@ pub mod orphan;
 pub mod plan;
 pub mod report;
 pub mod request;
+pub mod snapshot;
 pub mod stack;

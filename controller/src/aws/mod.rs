@@ -1,0 +1,1 @@
+//! The real implementations of [`crate::ports`] on the AWS SDK for Rust.

@@ -1,0 +1,175 @@
+//! The controller's view of AWS: one trait per service it uses, returning our own types.
+//!
+//! The real implementations are in [`crate::aws`]; in-memory fakes for tests are in
+//! [`crate::fake`]. No SDK type crosses these traits.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+
+use flightdeck_core::plan::StackSpec;
+use flightdeck_core::request::ParameterRule;
+use flightdeck_core::snapshot::ObjectMeta;
+use flightdeck_core::stack::StackView;
+
+/// How a call failed, reduced to what the controller decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Throttled even after the SDK's own retries.
+    Throttled,
+    /// A 5xx, a timeout or a connection failure.
+    Transient,
+    /// The object or stack does not exist.
+    NotFound,
+    /// CreateStack: a stack with that name exists.
+    AlreadyExists,
+    /// The service refused the input (CloudFormation `ValidationError`, S3 4xx on input).
+    Invalid,
+    /// Credentials or permissions.
+    Denied,
+    /// Anything else.
+    Other,
+}
+
+/// A failed AWS call: where, what kind, and the service's own words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{service} {operation} failed ({kind:?}{code}): {message}", code = self.code.as_deref().map(|c| format!(", {c}")).unwrap_or_default())]
+pub struct CallError {
+    /// `s3`, `cloudformation`, `ec2`, `sesv2`.
+    pub service: &'static str,
+    /// The operation, e.g. `CreateStack`.
+    pub operation: &'static str,
+    /// The kind, decided once in [`crate::aws::error`].
+    pub kind: ErrorKind,
+    /// The service's error code, when it gave one.
+    pub code: Option<String>,
+    /// The service's message.
+    pub message: String,
+}
+
+impl CallError {
+    /// Whether trying the same call again later may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Throttled | ErrorKind::Transient)
+    }
+}
+
+/// An object's body, as fetched.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The bytes.
+    pub body: Vec<u8>,
+    /// Its ETag (quoted, as S3 gives it).
+    pub etag: String,
+    /// Last-modified time, seconds since the epoch.
+    pub modified: i64,
+}
+
+impl fmt::Debug for Fetched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fetched")
+            .field("bytes", &self.body.len())
+            .field("etag", &self.etag)
+            .field("modified", &self.modified)
+            .finish()
+    }
+}
+
+/// One S3 bucket.
+///
+/// Contract: `list` returns every object under the prefix across all pages, or an error
+/// (never a partial listing presented as complete). `put` overwrites; `delete` of a
+/// missing key succeeds. All calls may be repeated safely.
+pub trait ObjectStore: Send + Sync {
+    /// Every object under `prefix` (ListObjectsV2, all pages).
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<ObjectMeta>, CallError>> + Send;
+    /// Whether at least one object exists under `prefix` (one call, at most one key).
+    fn any_under(&self, prefix: &str) -> impl Future<Output = Result<bool, CallError>> + Send;
+    /// The object, or `None` when it does not exist.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Fetched>, CallError>> + Send;
+    /// Writes `body` (as `text/plain; charset=utf-8`, or JSON for `.cf-status`); returns the
+    /// new ETag.
+    fn put(&self, key: &str, body: &str) -> impl Future<Output = Result<String, CallError>> + Send;
+    /// Removes the object; a missing object is not an error.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), CallError>> + Send;
+}
+
+/// What CreateStack and UpdateStack send besides the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// The template body (at most 51,200 bytes, checked at start-up).
+    pub body: String,
+    /// Service role CloudFormation acts as, if configured.
+    pub role_arn: Option<String>,
+}
+
+/// Result of UpdateStack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// The update started.
+    Started,
+    /// Nothing differed (AWS says "No updates are to be performed"; the emulator says OK).
+    NoChanges,
+}
+
+/// CloudFormation.
+///
+/// Contract: `create` carries `spec.token` as ClientRequestToken, so repeating it never
+/// makes a second stack; a stack with that name existing already is
+/// [`ErrorKind::AlreadyExists`] (the caller looks again and confirms by tags). `delete`
+/// takes the stack id (never the name, which a new stack could reuse) and a token; deleting
+/// a deleted stack succeeds. Stacks are returned without `login_ip` and `failure_reason`,
+/// which the reconciler fills in.
+pub trait StackService: Send + Sync {
+    /// Every stack that is not deleted (DescribeStacks, all pages).
+    fn list(&self) -> impl Future<Output = Result<Vec<StackView>, CallError>> + Send;
+    /// One stack by name or id; `None` when it does not exist or is deleted.
+    fn describe(
+        &self,
+        name_or_id: &str,
+    ) -> impl Future<Output = Result<Option<StackView>, CallError>> + Send;
+    /// CreateStack with CAPABILITY_IAM; returns the stack id.
+    fn create(
+        &self,
+        spec: &StackSpec,
+        template: &Template,
+    ) -> impl Future<Output = Result<String, CallError>> + Send;
+    /// UpdateStack with the same template.
+    fn update(
+        &self,
+        spec: &StackSpec,
+        template: &Template,
+    ) -> impl Future<Output = Result<UpdateOutcome, CallError>> + Send;
+    /// DeleteStack by id.
+    fn delete(&self, id: &str, token: &str) -> impl Future<Output = Result<(), CallError>> + Send;
+    /// The oldest failure reason among the stack's events (`*_FAILED` with a reason that
+    /// is not a cascade like "Resource creation cancelled"), if any.
+    fn first_failure(&self, id: &str) -> impl Future<Output = Result<Option<String>, CallError>> + Send;
+    /// The template's parameters (GetTemplateSummary): type, AllowedValues, default.
+    fn template_parameters(
+        &self,
+        template: &Template,
+    ) -> impl Future<Output = Result<BTreeMap<String, ParameterRule>, CallError>> + Send;
+}
+
+/// EC2, for the login address when the template has no login output.
+pub trait InstanceLookup: Send + Sync {
+    /// The public address of the running (or pending) instance that CloudFormation tagged
+    /// with this stack id and logical id; `None` when there is none.
+    fn login_ip(
+        &self,
+        stack_id: &str,
+        logical_id: &str,
+    ) -> impl Future<Output = Result<Option<String>, CallError>> + Send;
+}
+
+/// Email (SESv2).
+pub trait Mailer: Send + Sync {
+    /// Sends a plain-text email.
+    fn send(
+        &self,
+        to: &[String],
+        subject: &str,
+        body: &str,
+    ) -> impl Future<Output = Result<(), CallError>> + Send;
+}

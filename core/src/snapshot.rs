@@ -1,0 +1,242 @@
+//! One look at the world: the objects under the home prefix and our stacks, grouped by
+//! cluster. Built from plain listings, so it is the same for a full resync and a
+//! single-key look.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::identity::Identity;
+use crate::key::{ClusterKey, KeyKind, Mistake, Suffix, classify};
+use crate::stack::{StackPhase, StackView};
+
+/// An object as a listing reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectMeta {
+    /// Object key.
+    pub key: String,
+    /// ETag as S3 reports it (quoted).
+    pub etag: String,
+    /// Last-modified time, seconds since the epoch.
+    pub modified: i64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The files of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterFiles {
+    /// The `.cf-create`, if any.
+    pub create: Option<ObjectMeta>,
+    /// Whether a `.cf-delete` exists.
+    pub delete: bool,
+    /// flightdeck's markers, with their ETags.
+    pub markers: BTreeMap<Suffix, String>,
+}
+
+/// The world as seen by one look.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Files by cluster.
+    pub files: BTreeMap<ClusterKey, ClusterFiles>,
+    /// Our stacks by cluster (from their tags). Deleted stacks are left out.
+    pub stacks: BTreeMap<ClusterKey, StackView>,
+    /// Stacks of ours that claim a cluster another stack of ours already has; reported,
+    /// never touched.
+    pub duplicates: Vec<StackView>,
+    /// Files that look like requests but break a rule, with what is wrong.
+    pub mistaken: BTreeMap<String, Mistake>,
+    /// flightdeck's explanations of mistaken files, with their ETags.
+    pub reports: BTreeMap<String, String>,
+}
+
+impl Snapshot {
+    /// Groups a listing of objects and a listing of stacks. Stacks without our owner tag,
+    /// or whose `USER`/`flightdeck:cluster` tags are not valid names, are left out.
+    pub fn build(
+        home_prefix: &str,
+        identity: &Identity,
+        objects: impl IntoIterator<Item = ObjectMeta>,
+        stacks: impl IntoIterator<Item = StackView>,
+    ) -> Snapshot {
+        let mut snap = Snapshot::default();
+        for object in objects {
+            match classify(home_prefix, &object.key) {
+                KeyKind::Cluster { key, suffix } => {
+                    let files = snap.files.entry(key).or_default();
+                    match suffix {
+                        Suffix::Create => files.create = Some(object),
+                        Suffix::Delete => files.delete = true,
+                        marker => {
+                            files.markers.insert(marker, object.etag);
+                        }
+                    }
+                }
+                KeyKind::Mistaken { mistake, .. } => {
+                    snap.mistaken.insert(object.key, mistake);
+                }
+                KeyKind::MistakeReport { .. } => {
+                    snap.reports.insert(object.key, object.etag);
+                }
+                KeyKind::Other => {}
+            }
+        }
+        for stack in stacks {
+            if stack.phase() == StackPhase::Deleted {
+                continue;
+            }
+            let Some(key) = identity.owned_key(&stack.tags) else {
+                continue;
+            };
+            let expected = identity.stack_name(&key);
+            match snap.stacks.remove(&key) {
+                None => {
+                    snap.stacks.insert(key, stack);
+                }
+                Some(held) => {
+                    let (keep, other) = if stack.name == expected && held.name != expected {
+                        (stack, held)
+                    } else {
+                        (held, stack)
+                    };
+                    snap.stacks.insert(key, keep);
+                    snap.duplicates.push(other);
+                }
+            }
+        }
+        snap
+    }
+
+    /// Every cluster with a file or a stack.
+    pub fn keys(&self) -> BTreeSet<ClusterKey> {
+        self.files
+            .keys()
+            .chain(self.stacks.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// Clusters with a stack of ours and neither a request nor a delete request.
+    pub fn orphans(&self) -> Vec<ClusterKey> {
+        self.stacks
+            .keys()
+            .filter(|k| {
+                self.files
+                    .get(*k)
+                    .is_none_or(|f| f.create.is_none() && !f.delete)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::TAG_OWNER;
+
+    fn obj(key: &str) -> ObjectMeta {
+        ObjectMeta {
+            key: key.into(),
+            etag: format!("\"{key}\""),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn id() -> Identity {
+        Identity::new("fd", "site-a").unwrap()
+    }
+
+    fn stack(name: &str, user: &str, cluster: &str, owner: &str) -> StackView {
+        let key = ClusterKey::new(user, cluster).unwrap();
+        let mut tags = id().tags(&key, "h");
+        tags.insert(TAG_OWNER.into(), owner.into());
+        StackView {
+            name: name.into(),
+            status: "CREATE_COMPLETE".into(),
+            tags,
+            ..StackView::default()
+        }
+    }
+
+    fn k(user: &str, cluster: &str) -> ClusterKey {
+        ClusterKey::new(user, cluster).unwrap()
+    }
+
+    #[test]
+    fn files_group_by_cluster_and_stacks_by_their_tags() {
+        let snap = Snapshot::build(
+            "home/",
+            &id(),
+            [
+                obj("home/alice/x.cf-create"),
+                obj("home/alice/x.cf-status"),
+                obj("home/bob/x.cf-delete"),
+                obj("home/alice/notes.txt"),
+                obj("home/alice/my_c.cf-create"),
+                obj("home/alice/my_c.cf-create.cf-failed"),
+            ],
+            [
+                stack("fd-alice-x", "alice", "x", "site-a"),
+                stack("fd-alice-y", "alice", "y", "site-a"),
+                stack("fd-carol-z", "carol", "z", "site-b"),
+            ],
+        );
+        assert_eq!(
+            snap.keys(),
+            [k("alice", "x"), k("alice", "y"), k("bob", "x")].into()
+        );
+        assert!(snap.files[&k("alice", "x")].create.is_some());
+        assert!(
+            snap.files[&k("alice", "x")]
+                .markers
+                .contains_key(&Suffix::Status)
+        );
+        assert!(snap.files[&k("bob", "x")].delete);
+        assert_eq!(snap.stacks[&k("alice", "x")].name, "fd-alice-x");
+        assert!(
+            !snap.stacks.contains_key(&k("carol", "z")),
+            "another owner's stack is not ours"
+        );
+        assert_eq!(snap.orphans(), vec![k("alice", "y")]);
+        assert_eq!(
+            snap.mistaken.keys().collect::<Vec<_>>(),
+            ["home/alice/my_c.cf-create"]
+        );
+        assert_eq!(snap.reports.len(), 1);
+    }
+
+    #[test]
+    fn bobs_delete_never_reaches_alices_stack() {
+        let snap = Snapshot::build(
+            "home/",
+            &id(),
+            [obj("home/bob/x.cf-delete")],
+            [stack("fd-alice-x", "alice", "x", "site-a")],
+        );
+        assert!(!snap.stacks.contains_key(&k("bob", "x")));
+        assert!(snap.stacks.contains_key(&k("alice", "x")));
+    }
+
+    #[test]
+    fn a_second_stack_claiming_a_cluster_is_set_aside_not_used() {
+        let snap = Snapshot::build(
+            "home/",
+            &id(),
+            [],
+            [
+                stack("old-alice-x", "alice", "x", "site-a"),
+                stack("fd-alice-x", "alice", "x", "site-a"),
+            ],
+        );
+        assert_eq!(snap.stacks[&k("alice", "x")].name, "fd-alice-x");
+        assert_eq!(snap.duplicates.len(), 1);
+        assert_eq!(snap.duplicates[0].name, "old-alice-x");
+    }
+
+    #[test]
+    fn deleted_stacks_are_no_stacks() {
+        let mut s = stack("fd-alice-x", "alice", "x", "site-a");
+        s.status = "DELETE_COMPLETE".into();
+        let snap = Snapshot::build("home/", &id(), [], [s]);
+        assert!(snap.stacks.is_empty());
+    }
+}
