@@ -1,6 +1,18 @@
 //! flightdeck, the controller: AWS adapters, the reconcile loop and the CLI.
 //!
 //! The decisions live in `flightdeck-core`; this crate observes, executes and serves.
+//!
+//! - [`config`]: the operator's settings, validated.
+//! - [`ports`]: one trait per AWS service, returning our types; [`aws`] implements them,
+//!   [`fake`] fakes them for tests.
+//! - [`reconcile`]: observe and plan; [`execute`] carries plans out; [`run`] is the loop.
+//! - [`app`]: start-up on the real adapters.
 
+pub mod app;
 pub mod aws;
+pub mod config;
+pub mod execute;
+pub mod fake;
 pub mod ports;
+pub mod reconcile;
+pub mod run;

@@ -82,7 +82,8 @@ impl fmt::Debug for Fetched {
 /// missing key succeeds. All calls may be repeated safely.
 pub trait ObjectStore: Send + Sync {
     /// Every object under `prefix` (ListObjectsV2, all pages).
-    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<ObjectMeta>, CallError>> + Send;
+    fn list(&self, prefix: &str)
+    -> impl Future<Output = Result<Vec<ObjectMeta>, CallError>> + Send;
     /// Whether at least one object exists under `prefix` (one call, at most one key).
     fn any_under(&self, prefix: &str) -> impl Future<Output = Result<bool, CallError>> + Send;
     /// The object, or `None` when it does not exist.
@@ -144,7 +145,10 @@ pub trait StackService: Send + Sync {
     fn delete(&self, id: &str, token: &str) -> impl Future<Output = Result<(), CallError>> + Send;
     /// The oldest failure reason among the stack's events (`*_FAILED` with a reason that
     /// is not a cascade like "Resource creation cancelled"), if any.
-    fn first_failure(&self, id: &str) -> impl Future<Output = Result<Option<String>, CallError>> + Send;
+    fn first_failure(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<String>, CallError>> + Send;
     /// The template's parameters (GetTemplateSummary): type, AllowedValues, default.
     fn template_parameters(
         &self,

@@ -5,6 +5,7 @@
 //! - [`request`]: parsing and checking a user's request.
 //! - [`stack`]: the observed stack and what its status means.
 //! - [`report`]: what flightdeck writes back (markers, `.cf-status`).
+//! - [`requeue`]: backoff for a cluster whose reconcile failed.
 //! - [`orphan`]: when a stack whose request is gone may be deleted.
 //! - [`snapshot`]: one look at the world, grouped by cluster.
 //! - [`plan`]: the reconcile table, `plan(observed) -> actions`.
@@ -15,5 +16,6 @@ pub mod orphan;
 pub mod plan;
 pub mod report;
 pub mod request;
+pub mod requeue;
 pub mod snapshot;
 pub mod stack;

@@ -105,9 +105,57 @@ pub fn failed_body(reason: &str, advice: &str) -> String {
     }
 }
 
+/// The email for a notice: subject and plain-text body.
+pub fn notice_email(notice: &crate::plan::Notice) -> (String, String) {
+    use crate::plan::NoticeEvent;
+    let key = &notice.key;
+    let (what, body) = match notice.event {
+        NoticeEvent::Ready => (
+            "is ready",
+            format!(
+                "The cluster {cluster} of {user} is ready.\n\nLog in with:\n    ssh {user}@{ip}\n",
+                cluster = key.cluster,
+                user = key.user,
+                ip = notice.detail
+            ),
+        ),
+        NoticeEvent::Failed => (
+            "failed",
+            format!(
+                "The cluster {} of {} failed:\n    {}\n",
+                key.cluster, key.user, notice.detail
+            ),
+        ),
+        NoticeEvent::Deleted => (
+            "is deleted",
+            format!("The cluster {} of {} is deleted.\n", key.cluster, key.user),
+        ),
+    };
+    let subject = format!(
+        "[flightdeck] cluster {} of {} {what}",
+        key.cluster, key.user
+    );
+    let body = format!("{body}\nStack: {}\n", notice.stack);
+    (subject, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_email_gives_the_ssh_line() {
+        let notice = crate::plan::Notice {
+            event: crate::plan::NoticeEvent::Ready,
+            key: ClusterKey::new("alice", "x").unwrap(),
+            stack: "fd-alice-x".into(),
+            detail: "203.0.113.7".into(),
+        };
+        let (subject, body) = notice_email(&notice);
+        assert_eq!(subject, "[flightdeck] cluster x of alice is ready");
+        assert!(body.contains("ssh alice@203.0.113.7"), "{body}");
+        assert!(body.contains("fd-alice-x"), "{body}");
+    }
 
     #[test]
     fn status_json_is_stable_and_omits_unknowns() {

@@ -45,21 +45,30 @@ pub enum RulesError {
     /// An admin-fixed parameter the template does not declare.
     #[error("fixed parameter `{0}` is not a parameter of the template")]
     UnknownFixed(String),
+    /// A user-settable parameter the template does not declare.
+    #[error("user parameter `{0}` is not a parameter of the template")]
+    UnknownSettable(String),
+    /// A parameter both fixed by the operator (or flightdeck) and settable by users.
+    #[error("parameter `{0}` is fixed, so users cannot also set it")]
+    SettableFixed(String),
     /// The template lacks a parameter flightdeck must set.
     #[error("the template has no parameter `{0}`, which flightdeck sets to the user's name")]
     MissingReserved(String),
 }
 
 impl RequestRules {
-    /// Rules from the template's parameters and the operator's fixed values. Fixed values may
-    /// use `${user}` and `${cluster}`. [`RESERVED`] parameters are fixed to `${user}`.
+    /// Rules from the template's parameters, the operator's fixed values and the parameters
+    /// users may set. Fixed values may use `${user}` and `${cluster}`. [`RESERVED`]
+    /// parameters are fixed to `${user}`. Every other template parameter takes the
+    /// template's default: users can set only what `user_settable` names.
     ///
     /// # Errors
-    /// [`RulesError`] when a fixed parameter is not in the template or the template lacks a
-    /// reserved one.
+    /// [`RulesError`] when a fixed or settable parameter is not in the template, one is both,
+    /// or the template lacks a reserved one.
     pub fn new(
         template: &BTreeMap<String, ParameterRule>,
         fixed: &BTreeMap<String, String>,
+        user_settable: &BTreeSet<String>,
     ) -> Result<Self, RulesError> {
         if let Some(name) = fixed.keys().find(|k| !template.contains_key(*k)) {
             return Err(RulesError::UnknownFixed(name.clone()));
@@ -71,11 +80,16 @@ impl RequestRules {
             }
             all_fixed.insert(name.to_owned(), "${user}".to_owned());
         }
-        let settable = template
-            .iter()
-            .filter(|(k, _)| !all_fixed.contains_key(*k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut settable = BTreeMap::new();
+        for name in user_settable {
+            let rule = template
+                .get(name)
+                .ok_or_else(|| RulesError::UnknownSettable(name.clone()))?;
+            if all_fixed.contains_key(name) {
+                return Err(RulesError::SettableFixed(name.clone()));
+            }
+            settable.insert(name.clone(), rule.clone());
+        }
         Ok(RequestRules {
             settable,
             fixed: all_fixed,
@@ -433,6 +447,19 @@ pub(crate) mod tests {
     "AutoscalingPolicy": "enabled"
 }"#;
 
+    /// The keys of the older design's example: what users may set.
+    pub const SEED_KEYS: [&str; 9] = [
+        "ComputeInstanceType",
+        "ComputeInstanceTypeOther",
+        "ComputeSpotPrice",
+        "ComputeMaxNodes",
+        "ComputeInitialNodes",
+        "MasterInstanceType",
+        "MasterInstanceTypeOther",
+        "MasterSystemVolumeSize",
+        "AutoscalingPolicy",
+    ];
+
     /// The rules of the shipped template.
     pub fn rules() -> RequestRules {
         let text = |required| ParameterRule {
@@ -464,7 +491,7 @@ pub(crate) mod tests {
             ("CustomizerBucket".into(), text(true)),
         ]);
         let fixed = BTreeMap::from([("CustomizerBucket".into(), "cust-${user}".into())]);
-        RequestRules::new(&template, &fixed).unwrap()
+        RequestRules::new(&template, &fixed, &SEED_KEYS.map(String::from).into()).unwrap()
     }
 
     fn parse(text: &str) -> Result<Request, RequestError> {
@@ -610,14 +637,50 @@ pub(crate) mod tests {
             ("AccessUsername".into(), ParameterRule::default()),
             ("FlightProfiles".into(), ParameterRule::default()),
         ]);
+        let none = BTreeSet::new();
         let fixed = BTreeMap::from([("VpcId".into(), "vpc-1".into())]);
         assert_eq!(
-            RequestRules::new(&template, &fixed),
+            RequestRules::new(&template, &fixed, &none),
             Err(RulesError::UnknownFixed("VpcId".into()))
         );
         assert_eq!(
-            RequestRules::new(&BTreeMap::new(), &BTreeMap::new()),
+            RequestRules::new(&BTreeMap::new(), &BTreeMap::new(), &none),
             Err(RulesError::MissingReserved("AccessUsername".into()))
+        );
+        assert_eq!(
+            RequestRules::new(&template, &BTreeMap::new(), &["Nodes".to_string()].into()),
+            Err(RulesError::UnknownSettable("Nodes".into()))
+        );
+        assert_eq!(
+            RequestRules::new(
+                &template,
+                &BTreeMap::new(),
+                &["AccessUsername".to_string()].into()
+            ),
+            Err(RulesError::SettableFixed("AccessUsername".into()))
+        );
+    }
+
+    #[test]
+    fn template_parameters_users_were_not_given_are_refused() {
+        let mut template = BTreeMap::new();
+        for k in SEED_KEYS
+            .iter()
+            .chain(&["AccessUsername", "FlightProfiles", "VpcId", "SshCidr"])
+        {
+            template.insert(k.to_string(), ParameterRule::default());
+        }
+        let rules = RequestRules::new(
+            &template,
+            &BTreeMap::new(),
+            &SEED_KEYS.map(String::from).into(),
+        )
+        .unwrap();
+        let e = parse_request(br#"{"SshCidr": "0.0.0.0/0"}"#, &rules).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`SshCidr` is not a setting you can choose"),
+            "{e}"
         );
     }
 }

@@ -1,0 +1,194 @@
+//! [`ObjectStore`] on S3: the bucket that holds users' requests and flightdeck's markers.
+
+use aws_config::SdkConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use flightdeck_core::snapshot::ObjectMeta;
+
+use super::error::{classify, local};
+use crate::ports::{CallError, ErrorKind, Fetched, ObjectStore};
+
+const SERVICE: &str = "s3";
+
+/// Content type of the machine-readable status marker.
+const JSON: &str = "application/json";
+/// Content type of every other marker: text a person reads.
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// One bucket, through the S3 API.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    /// A store on `bucket`. `path_style` addresses the bucket in the path rather than the
+    /// host name; S3-compatible stores and the local emulator need it (see
+    /// [`super::AwsSettings::s3_path_style`]).
+    pub fn new(conf: &SdkConfig, bucket: impl Into<String>, path_style: bool) -> S3Store {
+        let conf = aws_sdk_s3::config::Builder::from(conf)
+            .force_path_style(path_style)
+            .build();
+        S3Store {
+            client: Client::from_conf(conf),
+            bucket: bucket.into(),
+        }
+    }
+
+    /// The bucket's name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+fn epoch_seconds(time: Option<&DateTime>) -> i64 {
+    time.map(DateTime::secs).unwrap_or_default()
+}
+
+fn content_type(key: &str) -> &'static str {
+    if key.ends_with(".cf-status") {
+        JSON
+    } else {
+        TEXT
+    }
+}
+
+impl ObjectStore for S3Store {
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, CallError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut objects = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify(SERVICE, "ListObjectsV2", &e))?;
+            objects.extend(page.contents().iter().filter_map(|o| {
+                Some(ObjectMeta {
+                    key: o.key()?.to_owned(),
+                    etag: o.e_tag().unwrap_or_default().to_owned(),
+                    modified: epoch_seconds(o.last_modified()),
+                    size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                })
+            }));
+        }
+        Ok(objects)
+    }
+
+    async fn any_under(&self, prefix: &str) -> Result<bool, CallError> {
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, "ListObjectsV2", &e))?;
+        Ok(!page.contents().is_empty() || page.key_count().is_some_and(|n| n > 0))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Fetched>, CallError> {
+        const OPERATION: &str = "GetObject";
+        let object = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(object) => object,
+            Err(e) => {
+                let err = classify(SERVICE, OPERATION, &e);
+                // A missing key is an answer; a missing bucket is a misconfiguration.
+                return if err.kind == ErrorKind::NotFound
+                    && err.code.as_deref() != Some("NoSuchBucket")
+                {
+                    Ok(None)
+                } else {
+                    Err(err)
+                };
+            }
+        };
+        let etag = object.e_tag().unwrap_or_default().to_owned();
+        let modified = epoch_seconds(object.last_modified());
+        let body = object.body.collect().await.map_err(|e| {
+            local(
+                SERVICE,
+                OPERATION,
+                ErrorKind::Transient,
+                format!("reading the body of {key}: {e}"),
+            )
+        })?;
+        Ok(Some(Fetched {
+            body: body.into_bytes().to_vec(),
+            etag,
+            modified,
+        }))
+    }
+
+    async fn put(&self, key: &str, body: &str) -> Result<String, CallError> {
+        const OPERATION: &str = "PutObject";
+        let put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type(key))
+            .body(ByteStream::from(body.as_bytes().to_vec()))
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, OPERATION, &e))?;
+        put.e_tag().map(str::to_owned).ok_or_else(|| {
+            local(
+                SERVICE,
+                OPERATION,
+                ErrorKind::Other,
+                format!("the answer to writing {key} has no ETag"),
+            )
+        })
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), CallError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = classify(SERVICE, "DeleteObject", &e);
+                if err.code.as_deref() == Some("NoSuchKey") {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_marker_is_json_and_the_others_are_text() {
+        assert_eq!(content_type("home/alice/x.cf-status"), "application/json");
+        assert_eq!(
+            content_type("home/alice/x.cf-created"),
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(
+            content_type("home/alice/x.cf-status.cf-failed"),
+            "text/plain; charset=utf-8"
+        );
+    }
+}

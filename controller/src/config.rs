@@ -1,0 +1,758 @@
+//! The operator's configuration: a TOML file, then `FLIGHTDECK_*` environment overrides.
+//!
+//! Every mistake stops start-up with the setting's name and the reason. Unknown keys are
+//! mistakes too (a misspelt setting must not be silently ignored).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flightdeck_core::identity::Identity;
+use flightdeck_core::orphan::{OrphanPolicy, OrphanSettings};
+use serde::Deserialize;
+
+use crate::ports::Template;
+
+/// CloudFormation's limit on an inline template body.
+pub const MAX_TEMPLATE_BODY: usize = 51_200;
+
+/// Sections of the file, for the environment overrides.
+const SECTIONS: [&str; 5] = ["bucket", "stacks", "customizer", "reconcile", "notify"];
+/// Top-level keys, for the environment overrides.
+const TOP_LEVEL: [&str; 4] = ["instance", "region", "endpoint_url", "log_format"];
+/// `FLIGHTDECK_PARAMETER_<Name>` sets the fixed template parameter `<Name>`.
+const PARAMETER_ENV: &str = "PARAMETER_";
+
+/// A configuration the controller cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a setting has the wrong type or is unknown.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's words, with line and column.
+        message: String,
+    },
+    /// A setting has a value that cannot work.
+    #[error("setting `{setting}`: {reason}")]
+    Invalid {
+        /// Which setting, e.g. `reconcile.resync_interval`.
+        setting: String,
+        /// Why, and what would work.
+        reason: String,
+    },
+}
+
+fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (containers).
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    instance: String,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    #[serde(default)]
+    log_format: LogFormat,
+    bucket: BucketFile,
+    stacks: StacksFile,
+    #[serde(default)]
+    customizer: CustomizerFile,
+    #[serde(default)]
+    reconcile: ReconcileFile,
+    #[serde(default)]
+    notify: NotifyFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BucketFile {
+    name: String,
+    #[serde(default = "default_home")]
+    home_prefix: String,
+    #[serde(default = "default_controller_prefix")]
+    controller_prefix: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StacksFile {
+    #[serde(default = "default_prefix")]
+    prefix: String,
+    template: PathBuf,
+    #[serde(default = "default_login_output")]
+    login_output: String,
+    #[serde(default = "default_login_resource")]
+    login_resource: String,
+    #[serde(default)]
+    service_role_arn: String,
+    #[serde(default)]
+    parameters: BTreeMap<String, String>,
+    #[serde(default = "default_user_parameters")]
+    user_parameters: Vec<String>,
+    #[serde(default = "default_updatable")]
+    updatable: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomizerFile {
+    #[serde(default)]
+    bucket: String,
+    #[serde(default = "default_customizer_prefix")]
+    prefix: String,
+    #[serde(default = "default_true")]
+    require_enrolment: bool,
+}
+
+impl Default for CustomizerFile {
+    fn default() -> Self {
+        CustomizerFile {
+            bucket: String::new(),
+            prefix: default_customizer_prefix(),
+            require_enrolment: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileFile {
+    #[serde(default = "default_resync")]
+    resync_interval: String,
+    #[serde(default = "default_busy")]
+    busy_interval: String,
+    #[serde(default = "default_grace")]
+    orphan_grace: String,
+    #[serde(default = "default_max_orphans")]
+    max_orphan_deletes: usize,
+    #[serde(default = "default_orphan_policy")]
+    orphan_policy: OrphanPolicy,
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+}
+
+impl Default for ReconcileFile {
+    fn default() -> Self {
+        ReconcileFile {
+            resync_interval: default_resync(),
+            busy_interval: default_busy(),
+            orphan_grace: default_grace(),
+            max_orphan_deletes: default_max_orphans(),
+            orphan_policy: default_orphan_policy(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyFile {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    operator: Vec<String>,
+}
+
+fn default_home() -> String {
+    "home/".into()
+}
+fn default_controller_prefix() -> String {
+    "flightdeck/".into()
+}
+fn default_prefix() -> String {
+    "fd".into()
+}
+fn default_login_output() -> String {
+    "LoginIp".into()
+}
+fn default_login_resource() -> String {
+    "Master".into()
+}
+fn default_user_parameters() -> Vec<String> {
+    [
+        "ComputeInstanceType",
+        "ComputeInstanceTypeOther",
+        "ComputeSpotPrice",
+        "ComputeMaxNodes",
+        "ComputeInitialNodes",
+        "MasterInstanceType",
+        "MasterInstanceTypeOther",
+        "MasterSystemVolumeSize",
+        "AutoscalingPolicy",
+    ]
+    .map(String::from)
+    .into()
+}
+fn default_updatable() -> Vec<String> {
+    [
+        "ComputeMaxNodes",
+        "ComputeInitialNodes",
+        "ComputeSpotPrice",
+        "AutoscalingPolicy",
+    ]
+    .map(String::from)
+    .into()
+}
+fn default_customizer_prefix() -> String {
+    "customizer/".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_resync() -> String {
+    "60s".into()
+}
+fn default_busy() -> String {
+    "15s".into()
+}
+fn default_grace() -> String {
+    "10m".into()
+}
+fn default_max_orphans() -> usize {
+    5
+}
+fn default_orphan_policy() -> OrphanPolicy {
+    OrphanPolicy::Delete
+}
+fn default_concurrency() -> usize {
+    8
+}
+
+/// Where the customizer folders are, when enrolment is required.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolment {
+    /// The customizer bucket.
+    pub bucket: String,
+    /// Its prefix, e.g. `customizer/`; a user is enrolled when `<prefix><user>/configure.d/`
+    /// holds an object.
+    pub prefix: String,
+}
+
+impl Enrolment {
+    /// The folder whose presence enrols `user`.
+    pub fn folder(&self, user: &str) -> String {
+        format!("{}{user}/configure.d/", self.prefix)
+    }
+}
+
+/// Email notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// Sender address (an SES identity).
+    pub from: String,
+    /// Operator addresses.
+    pub operator: Vec<String>,
+}
+
+/// The validated settings the controller runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Stack prefix and owner tag.
+    pub identity: Identity,
+    /// AWS region; `None` takes the standard chain's.
+    pub region: Option<String>,
+    /// Endpoint for an S3-compatible store or the local emulator.
+    pub endpoint_url: Option<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// The users' bucket.
+    pub bucket: String,
+    /// Users' home prefix, ending in `/`.
+    pub home_prefix: String,
+    /// The controller's own prefix in the bucket, ending in `/`.
+    pub controller_prefix: String,
+    /// The cluster template and service role.
+    pub template: Template,
+    /// Admin-fixed template parameters (`${user}`, `${cluster}` substituted).
+    pub fixed_parameters: BTreeMap<String, String>,
+    /// Parameters users may set in a request (the older design's nine by default).
+    pub user_parameters: BTreeSet<String>,
+    /// Parameters that may change on a running cluster.
+    pub updatable: BTreeSet<String>,
+    /// The template output holding the login address.
+    pub login_output: String,
+    /// The login instance's logical id, for the EC2 fallback.
+    pub login_resource: String,
+    /// Customizer enrolment, when required.
+    pub enrolment: Option<Enrolment>,
+    /// Full resync period.
+    pub resync_interval: Duration,
+    /// How soon to look again at a cluster whose stack is changing.
+    pub busy_interval: Duration,
+    /// Orphan guard settings.
+    pub orphans: OrphanSettings,
+    /// Clusters reconciled at once.
+    pub concurrency: usize,
+    /// Notifications, when enabled.
+    pub notify: Option<Notify>,
+}
+
+impl Settings {
+    /// Reads `path`, applies `FLIGHTDECK_*` overrides from `env`, and validates. A relative
+    /// template path is taken from the current directory.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or setting and the reason.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
+        apply_env(&mut table, env)?;
+        let file: File = table
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
+        let template_body = std::fs::read_to_string(&file.stacks.template).map_err(|e| {
+            invalid(
+                "stacks.template",
+                format!("cannot read {}: {e}", file.stacks.template.display()),
+            )
+        })?;
+        validate(file, template_body)
+    }
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("FLIGHTDECK_") else {
+            continue;
+        };
+        if let Some(parameter) = rest.strip_prefix(PARAMETER_ENV) {
+            section(table, "stacks")?
+                .entry("parameters")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| invalid("stacks.parameters", "must be a table"))?
+                .insert(parameter.to_owned(), toml::Value::String(value));
+            continue;
+        }
+        let rest = rest.to_ascii_lowercase();
+        let value = env_value(&value);
+        if TOP_LEVEL.contains(&rest.as_str()) {
+            table.insert(rest, value);
+        } else if let Some((sec, key)) = SECTIONS
+            .iter()
+            .find_map(|s| rest.strip_prefix(&format!("{s}_")).map(|k| (*s, k)))
+        {
+            section(table, sec)?.insert(key.to_owned(), value);
+        }
+        // Any other FLIGHTDECK_* variable belongs to the tooling around the controller.
+    }
+    Ok(())
+}
+
+fn section<'a>(table: &'a mut toml::Table, name: &str) -> Result<&'a mut toml::Table, ConfigError> {
+    table
+        .entry(name)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| invalid(name, "must be a table"))
+}
+
+/// An environment value as TOML when it parses as a TOML value (numbers, booleans,
+/// `["a", "b"]`), else as a string.
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn validate(file: File, template_body: String) -> Result<Settings, ConfigError> {
+    let identity = Identity::new(&file.stacks.prefix, &file.instance).map_err(|e| {
+        let setting = match e {
+            flightdeck_core::identity::IdentityError::Prefix(_) => "stacks.prefix",
+            flightdeck_core::identity::IdentityError::Owner(_) => "instance",
+        };
+        invalid(setting, e.to_string())
+    })?;
+    if file.bucket.name.trim().is_empty() {
+        return Err(invalid("bucket.name", "must name the users' bucket"));
+    }
+    let home = &file.bucket.home_prefix;
+    let own = &file.bucket.controller_prefix;
+    for (setting, prefix) in [
+        ("bucket.home_prefix", home),
+        ("bucket.controller_prefix", own),
+    ] {
+        if prefix.is_empty() || !prefix.ends_with('/') || prefix.starts_with('/') {
+            return Err(invalid(
+                setting,
+                format!(
+                    "`{prefix}` must be a folder like `home/`: not empty, ending in `/`, not starting with `/`"
+                ),
+            ));
+        }
+    }
+    if home.starts_with(own.as_str()) || own.starts_with(home.as_str()) {
+        return Err(invalid(
+            "bucket.controller_prefix",
+            format!(
+                "`{own}` overlaps the users' `{home}`: users must not be able to write the controller's state"
+            ),
+        ));
+    }
+    if template_body.len() > MAX_TEMPLATE_BODY {
+        return Err(invalid(
+            "stacks.template",
+            format!(
+                "{} is {} bytes; CloudFormation takes at most {MAX_TEMPLATE_BODY} bytes inline",
+                file.stacks.template.display(),
+                template_body.len()
+            ),
+        ));
+    }
+    let role_arn = Some(file.stacks.service_role_arn.trim().to_owned()).filter(|r| !r.is_empty());
+    if let Some(role) = &role_arn
+        && !(role.starts_with("arn:") && role.contains(":role/"))
+    {
+        return Err(invalid(
+            "stacks.service_role_arn",
+            format!("`{role}` is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)"),
+        ));
+    }
+    for (setting, value) in [
+        ("stacks.login_output", &file.stacks.login_output),
+        ("stacks.login_resource", &file.stacks.login_resource),
+    ] {
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(invalid(
+                setting,
+                format!("`{value}` must be a CloudFormation logical name (letters and digits)"),
+            ));
+        }
+    }
+    let enrolment = if file.customizer.require_enrolment {
+        if file.customizer.bucket.trim().is_empty() {
+            return Err(invalid(
+                "customizer.bucket",
+                "must be set while customizer.require_enrolment is true",
+            ));
+        }
+        if !file.customizer.prefix.ends_with('/') {
+            return Err(invalid("customizer.prefix", "must end in `/`"));
+        }
+        Some(Enrolment {
+            bucket: file.customizer.bucket,
+            prefix: file.customizer.prefix,
+        })
+    } else {
+        None
+    };
+    let r = &file.reconcile;
+    let resync_interval = duration("reconcile.resync_interval", &r.resync_interval)?;
+    let busy_interval = duration("reconcile.busy_interval", &r.busy_interval)?;
+    let grace = duration("reconcile.orphan_grace", &r.orphan_grace)?;
+    if busy_interval > resync_interval {
+        return Err(invalid(
+            "reconcile.busy_interval",
+            "must not be longer than reconcile.resync_interval",
+        ));
+    }
+    if !(1..=64).contains(&r.concurrency) {
+        return Err(invalid(
+            "reconcile.concurrency",
+            format!("{} is not between 1 and 64", r.concurrency),
+        ));
+    }
+    let notify = if file.notify.enabled {
+        let bad = |a: &String| !a.contains('@') || a.trim() != a;
+        if bad(&file.notify.from) {
+            return Err(invalid(
+                "notify.from",
+                format!("`{}` is not an email address", file.notify.from),
+            ));
+        }
+        if file.notify.operator.is_empty() {
+            return Err(invalid(
+                "notify.operator",
+                "needs at least one address while notify.enabled is true",
+            ));
+        }
+        if let Some(a) = file.notify.operator.iter().find(|a| bad(a)) {
+            return Err(invalid(
+                "notify.operator",
+                format!("`{a}` is not an email address"),
+            ));
+        }
+        Some(Notify {
+            from: file.notify.from,
+            operator: file.notify.operator,
+        })
+    } else {
+        None
+    };
+    Ok(Settings {
+        identity,
+        region: file.region.filter(|r| !r.is_empty()),
+        endpoint_url: file.endpoint_url.filter(|e| !e.is_empty()),
+        log_format: file.log_format,
+        bucket: file.bucket.name,
+        home_prefix: file.bucket.home_prefix,
+        controller_prefix: file.bucket.controller_prefix,
+        template: Template {
+            body: template_body,
+            role_arn,
+        },
+        fixed_parameters: file.stacks.parameters,
+        user_parameters: file.stacks.user_parameters.into_iter().collect(),
+        updatable: file.stacks.updatable.into_iter().collect(),
+        login_output: file.stacks.login_output,
+        login_resource: file.stacks.login_resource,
+        enrolment,
+        resync_interval,
+        busy_interval,
+        orphans: OrphanSettings {
+            grace,
+            max_deletes: r.max_orphan_deletes,
+            policy: r.orphan_policy,
+        },
+        concurrency: r.concurrency,
+        notify,
+    })
+}
+
+/// `90s`, `10m`, `2h`, `1d`, or a plain number of seconds.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `setting`.
+pub fn duration(setting: &str, text: &str) -> Result<Duration, ConfigError> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 && scale > 0 => Ok(Duration::from_secs(n * scale)),
+        _ => Err(invalid(
+            setting,
+            format!("`{text}` is not a duration above zero like 90s, 10m, 2h or 1d"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+instance = "site-a"
+[bucket]
+name = "users"
+[stacks]
+template = "TEMPLATE"
+[customizer]
+bucket = "cust"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir().join(format!(
+            "flightdeck-config-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let template = dir.join("t.yaml");
+        std::fs::write(&template, "Resources: {}\n").unwrap();
+        let path = dir.join("flightdeck.toml");
+        std::fs::write(
+            &path,
+            text.replace("TEMPLATE", &template.display().to_string()),
+        )
+        .unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let result = Settings::load(&path, env);
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    fn setting_of(e: ConfigError) -> String {
+        match e {
+            ConfigError::Invalid { setting, .. } => setting,
+            other => panic!("not an invalid setting: {other}"),
+        }
+    }
+
+    #[test]
+    fn minimal_file_takes_the_documented_defaults() {
+        let s = load(MINIMAL, &[]).unwrap();
+        assert_eq!(s.home_prefix, "home/");
+        assert_eq!(s.controller_prefix, "flightdeck/");
+        assert_eq!(s.resync_interval, Duration::from_secs(60));
+        assert_eq!(s.orphans.grace, Duration::from_secs(600));
+        assert_eq!(s.orphans.max_deletes, 5);
+        assert_eq!(s.orphans.policy, OrphanPolicy::Delete);
+        assert_eq!(s.login_output, "LoginIp");
+        assert!(s.template.role_arn.is_none());
+        assert_eq!(
+            s.enrolment.unwrap().folder("alice"),
+            "customizer/alice/configure.d/"
+        );
+        assert!(s.notify.is_none());
+        assert_eq!(
+            s.identity
+                .stack_name(&flightdeck_core::key::ClusterKey::new("a", "b").unwrap()),
+            "fd-a-b"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let s = load(
+            MINIMAL,
+            &[
+                ("FLIGHTDECK_ENDPOINT_URL", "http://127.0.0.1:5050"),
+                ("FLIGHTDECK_RECONCILE_RESYNC_INTERVAL", "5m"),
+                ("FLIGHTDECK_RECONCILE_MAX_ORPHAN_DELETES", "2"),
+                ("FLIGHTDECK_PARAMETER_SshCidr", "10.0.0.0/8"),
+                ("FLIGHTDECK_EMULATOR_PORT", "5050"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.endpoint_url.as_deref(), Some("http://127.0.0.1:5050"));
+        assert_eq!(s.resync_interval, Duration::from_secs(300));
+        assert_eq!(s.orphans.max_deletes, 2);
+        assert_eq!(s.fixed_parameters["SshCidr"], "10.0.0.0/8");
+    }
+
+    #[test]
+    fn a_misspelt_setting_stops_start_up_with_its_name() {
+        let e = load(
+            &format!("{MINIMAL}\n[reconcile]\nresync_intervall = \"5s\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("resync_intervall"), "{text}");
+        let e = load(MINIMAL, &[("FLIGHTDECK_RECONCILE_RESYNC_INTERVALL", "5s")]).unwrap_err();
+        assert!(e.to_string().contains("resync_intervall"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        for (extra, env, setting) in [
+            (
+                "",
+                ("FLIGHTDECK_RECONCILE_RESYNC_INTERVAL", "soon"),
+                "reconcile.resync_interval",
+            ),
+            (
+                "",
+                ("FLIGHTDECK_RECONCILE_BUSY_INTERVAL", "2h"),
+                "reconcile.busy_interval",
+            ),
+            (
+                "",
+                ("FLIGHTDECK_RECONCILE_CONCURRENCY", "0"),
+                "reconcile.concurrency",
+            ),
+            ("", ("FLIGHTDECK_INSTANCE", "two words"), "instance"),
+            ("", ("FLIGHTDECK_STACKS_PREFIX", "9x"), "stacks.prefix"),
+            (
+                "",
+                ("FLIGHTDECK_BUCKET_CONTROLLER_PREFIX", "home/state/"),
+                "bucket.controller_prefix",
+            ),
+            (
+                "",
+                ("FLIGHTDECK_BUCKET_HOME_PREFIX", "home"),
+                "bucket.home_prefix",
+            ),
+            (
+                "",
+                ("FLIGHTDECK_STACKS_SERVICE_ROLE_ARN", "my-role"),
+                "stacks.service_role_arn",
+            ),
+            (
+                "",
+                ("FLIGHTDECK_CUSTOMIZER_BUCKET", ""),
+                "customizer.bucket",
+            ),
+            (
+                "\n[notify]\nenabled = true\nfrom = \"ops\"\n",
+                ("X", ""),
+                "notify.from",
+            ),
+            (
+                "\n[notify]\nenabled = true\nfrom = \"fd@example.org\"\n",
+                ("X", ""),
+                "notify.operator",
+            ),
+        ] {
+            let e = load(&format!("{MINIMAL}{extra}"), &[env]).unwrap_err();
+            assert_eq!(setting_of(e), setting, "{env:?}");
+        }
+    }
+
+    #[test]
+    fn unreadable_template_names_the_setting() {
+        let e = load(
+            &MINIMAL.replace("TEMPLATE", "/nonexistent/t.yaml").replace(
+                "template = \"TEMPLATE\"",
+                "template = \"/nonexistent/t.yaml\"",
+            ),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(setting_of(e), "stacks.template");
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(duration("x", "90").unwrap(), Duration::from_secs(90));
+        assert_eq!(duration("x", "10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(duration("x", "1d").unwrap(), Duration::from_secs(86_400));
+        assert!(duration("x", "0s").is_err());
+        assert!(duration("x", "1w").is_err());
+        assert!(duration("x", "").is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! The executor: carries out one cluster's planned actions, in order.
+//!
+//! It decides nothing the planner decides. What it adds is what only a call can tell:
+//! CloudFormation refusing a request (reported to the user like any refusal), a stack name
+//! already taken by a stack that is not ours (reported, never touched), and a last check of
+//! a stack's tags before it is deleted.
+
+use flightdeck_core::key::ClusterKey;
+use flightdeck_core::plan::{Action, StackSpec};
+use flightdeck_core::report::notice_email;
+use tracing::{error, info, warn};
+
+use crate::ports::{
+    CallError, ErrorKind, InstanceLookup, Mailer, ObjectStore, StackService, UpdateOutcome,
+};
+use crate::reconcile::{KeyOutcome, Reconciler};
+
+/// Whether the rest of a plan still holds after an action.
+enum Flow {
+    /// Carry on.
+    Go,
+    /// A call showed the plan was made on a wrong premise: stop and look again soon.
+    Replan,
+}
+
+impl<S, C, E, M> Reconciler<S, C, E, M>
+where
+    S: ObjectStore,
+    C: StackService,
+    E: InstanceLookup,
+    M: Mailer,
+{
+    /// Runs `actions` for `key` in order; the first error stops the rest (they are planned
+    /// again on the next look) and is returned in the outcome for a backoff requeue.
+    pub(crate) async fn execute(&self, key: &ClusterKey, actions: Vec<Action>) -> KeyOutcome {
+        let mut outcome = KeyOutcome {
+            soon: actions.contains(&Action::LookAgainSoon),
+            ..KeyOutcome::default()
+        };
+        for action in &actions {
+            let result = match action {
+                Action::CreateStack(spec) => self.create(key, spec).await,
+                Action::UpdateStack(spec) => self.update(key, spec).await,
+                Action::DeleteStack {
+                    key: owner,
+                    name,
+                    id,
+                    token,
+                } => self.delete(owner, name, id, token).await.map(|()| Flow::Go),
+                Action::Notify(notice) => {
+                    self.notify(notice).await;
+                    Ok(Flow::Go)
+                }
+                Action::Put { .. } | Action::Remove { .. } => {
+                    self.execute_write(action).await.map(|()| Flow::Go)
+                }
+                Action::LookAgainSoon => Ok(Flow::Go),
+            };
+            match result {
+                Ok(Flow::Go) => {}
+                Ok(Flow::Replan) => {
+                    // The request was refused by a call: the rest of this plan assumed it was
+                    // not. The next look plans again and reports the refusal.
+                    outcome.soon = true;
+                    break;
+                }
+                Err(e) => {
+                    warn!(user = %key.user, cluster = %key.cluster, error = %e, "reconcile stopped; will retry");
+                    outcome.error = Some(e);
+                    break;
+                }
+            }
+        }
+        outcome.actions = actions;
+        outcome
+    }
+
+    /// Carries out a `Put` or a `Remove`.
+    pub(crate) async fn execute_write(&self, action: &Action) -> Result<(), CallError> {
+        match action {
+            Action::Put { key, body } => {
+                self.cloud.store.put(key, body).await?;
+                info!(object = %key, "wrote");
+            }
+            Action::Remove { key } => {
+                self.cloud.store.delete(key).await?;
+                info!(object = %key, "removed");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn create(&self, key: &ClusterKey, spec: &StackSpec) -> Result<Flow, CallError> {
+        match self
+            .cloud
+            .stacks
+            .create(spec, &self.settings.template)
+            .await
+        {
+            Ok(id) => {
+                info!(user = %key.user, cluster = %key.cluster, stack = %spec.name, stack_id = %id, "stack create started");
+                Ok(Flow::Go)
+            }
+            Err(e) if e.kind == ErrorKind::AlreadyExists => {
+                // A repeated create (the emulator ignores ClientRequestToken), or a name
+                // taken by a stack that is not ours. Only tags tell which.
+                let existing = self.cloud.stacks.describe(&spec.name).await?;
+                match existing.and_then(|s| self.settings.identity.owned_key(&s.tags)) {
+                    Some(owner) if &owner == key => {
+                        info!(stack = %spec.name, "stack exists already; looking again");
+                        Ok(Flow::Go)
+                    }
+                    _ => {
+                        error!(stack = %spec.name, user = %key.user, "stack name taken by a stack flightdeck does not manage; not touching it");
+                        Ok(self.refuse(
+                            key,
+                            format!(
+                                "a stack named {} already exists and is not managed by flightdeck for you; ask your HPC administrators, or choose another cluster name",
+                                spec.name
+                            ),
+                        ))
+                    }
+                }
+            }
+            Err(e) if e.kind == ErrorKind::Invalid => Ok(self.refuse(
+                key,
+                format!("CloudFormation refused the request: {}", e.message),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn update(&self, key: &ClusterKey, spec: &StackSpec) -> Result<Flow, CallError> {
+        match self
+            .cloud
+            .stacks
+            .update(spec, &self.settings.template)
+            .await
+        {
+            Ok(UpdateOutcome::Started) => {
+                info!(user = %key.user, cluster = %key.cluster, stack = %spec.name, "stack update started");
+                Ok(Flow::Go)
+            }
+            Ok(UpdateOutcome::NoChanges) => {
+                info!(stack = %spec.name, "stack already as requested");
+                Ok(Flow::Go)
+            }
+            Err(e) if e.kind == ErrorKind::Invalid => Ok(self.refuse(
+                key,
+                format!("CloudFormation refused the change: {}", e.message),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes by id after checking, once more, that the stack carries our owner tag and
+    /// this user's tags. A stack that is not ours is never deleted.
+    async fn delete(
+        &self,
+        key: &ClusterKey,
+        name: &str,
+        id: &str,
+        token: &str,
+    ) -> Result<(), CallError> {
+        let current = self.cloud.stacks.describe(id).await?;
+        let Some(stack) = current else {
+            info!(stack = %name, "stack already gone");
+            return Ok(());
+        };
+        if self.settings.identity.owned_key(&stack.tags).as_ref() != Some(key) {
+            error!(stack = %name, user = %key.user, cluster = %key.cluster, "refusing to delete: the stack's tags do not name this user and this controller");
+            return Ok(());
+        }
+        self.cloud.stacks.delete(id, token).await?;
+        info!(user = %key.user, cluster = %key.cluster, stack = %name, "stack delete started");
+        Ok(())
+    }
+
+    /// A refusal only a call could reveal: remembered against the request, so that the next
+    /// look reports it like any other refusal and it is not sent again until the file changes.
+    fn refuse(&self, key: &ClusterKey, reason: String) -> Flow {
+        warn!(user = %key.user, cluster = %key.cluster, %reason, "request refused");
+        self.refuse_request(key, reason);
+        Flow::Replan
+    }
+
+    /// Sends a notice; a failure is logged and never blocks reconciliation.
+    async fn notify(&self, notice: &flightdeck_core::plan::Notice) {
+        let (Some(mailer), Some(notify)) = (&self.cloud.mailer, &self.settings.notify) else {
+            return;
+        };
+        let (subject, body) = notice_email(notice);
+        match mailer.send(&notify.operator, &subject, &body).await {
+            Ok(()) => {
+                info!(user = %notice.key.user, cluster = %notice.key.cluster, event = ?notice.event, "notified")
+            }
+            Err(e) => {
+                warn!(user = %notice.key.user, cluster = %notice.key.cluster, error = %e, "notification not sent")
+            }
+        }
+    }
+}

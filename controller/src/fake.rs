@@ -1,0 +1,387 @@
+//! Hand-written in-memory fakes of [`crate::ports`], for tests of the reconciler's
+//! decisions and of failure paths the emulator cannot produce (in-progress and failed
+//! stacks, throttling, failed listings). Every call is recorded, so a test can assert that
+//! no mutating call was made.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use flightdeck_core::identity::hex_md5;
+use flightdeck_core::plan::StackSpec;
+use flightdeck_core::request::ParameterRule;
+use flightdeck_core::snapshot::ObjectMeta;
+use flightdeck_core::stack::StackView;
+
+use crate::ports::{
+    CallError, ErrorKind, Fetched, InstanceLookup, Mailer, ObjectStore, StackService, Template,
+    UpdateOutcome,
+};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn fail(service: &'static str, operation: &'static str, kind: ErrorKind) -> CallError {
+    CallError {
+        service,
+        operation,
+        kind,
+        code: None,
+        message: format!("injected {kind:?}"),
+    }
+}
+
+/// Failures to inject: by operation name, how many times (`u32::MAX` for always).
+#[derive(Default)]
+struct Faults(Mutex<BTreeMap<&'static str, (ErrorKind, u32)>>);
+
+impl Faults {
+    fn check(&self, service: &'static str, operation: &'static str) -> Result<(), CallError> {
+        let mut faults = lock(&self.0);
+        if let Some((kind, left)) = faults.get_mut(operation) {
+            let kind = *kind;
+            if *left != u32::MAX {
+                *left -= 1;
+            }
+            if *left == 0 {
+                faults.remove(operation);
+            }
+            return Err(fail(service, operation, kind));
+        }
+        Ok(())
+    }
+}
+
+/// An in-memory bucket. ETags are the MD5 of the content, as S3 gives for single-part puts.
+#[derive(Default)]
+pub struct FakeStore {
+    objects: Mutex<BTreeMap<String, (Vec<u8>, i64)>>,
+    calls: Mutex<Vec<String>>,
+    faults: Faults,
+    clock: AtomicI64,
+}
+
+impl FakeStore {
+    /// Writes an object as a user would.
+    pub fn insert(&self, key: &str, body: impl AsRef<[u8]>) {
+        let t = self.clock.fetch_add(1, Ordering::SeqCst) + 1_000;
+        lock(&self.objects).insert(key.to_owned(), (body.as_ref().to_vec(), t));
+    }
+
+    /// Removes an object as a user would.
+    pub fn remove(&self, key: &str) {
+        lock(&self.objects).remove(key);
+    }
+
+    /// An object's content as text.
+    pub fn text(&self, key: &str) -> Option<String> {
+        lock(&self.objects)
+            .get(key)
+            .map(|(b, _)| String::from_utf8_lossy(b).into_owned())
+    }
+
+    /// Every key.
+    pub fn keys(&self) -> BTreeSet<String> {
+        lock(&self.objects).keys().cloned().collect()
+    }
+
+    /// Every call made, as `Operation key`.
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
+    /// The writes made (`PutObject …`, `DeleteObject …`).
+    pub fn writes(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.starts_with("PutObject") || c.starts_with("DeleteObject"))
+            .collect()
+    }
+
+    /// Forgets the calls made so far.
+    pub fn clear_calls(&self) {
+        lock(&self.calls).clear();
+    }
+
+    /// Makes the next `times` calls of `operation` fail with `kind`.
+    pub fn fail(&self, operation: &'static str, kind: ErrorKind, times: u32) {
+        lock(&self.faults.0).insert(operation, (kind, times));
+    }
+
+    fn record(&self, operation: &'static str, key: &str) -> Result<(), CallError> {
+        lock(&self.calls).push(format!("{operation} {key}"));
+        self.faults.check("s3", operation)
+    }
+}
+
+impl ObjectStore for FakeStore {
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, CallError> {
+        self.record("ListObjectsV2", prefix)?;
+        Ok(lock(&self.objects)
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (body, t))| ObjectMeta {
+                key: k.clone(),
+                etag: format!("\"{}\"", hex_md5(body)),
+                modified: *t,
+                size: body.len() as u64,
+            })
+            .collect())
+    }
+
+    async fn any_under(&self, prefix: &str) -> Result<bool, CallError> {
+        self.record("ListObjectsV2", prefix)?;
+        Ok(lock(&self.objects).keys().any(|k| k.starts_with(prefix)))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Fetched>, CallError> {
+        self.record("GetObject", key)?;
+        Ok(lock(&self.objects).get(key).map(|(body, t)| Fetched {
+            etag: format!("\"{}\"", hex_md5(body)),
+            body: body.clone(),
+            modified: *t,
+        }))
+    }
+
+    async fn put(&self, key: &str, body: &str) -> Result<String, CallError> {
+        self.record("PutObject", key)?;
+        self.insert(key, body);
+        Ok(format!("\"{}\"", hex_md5(body.as_bytes())))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), CallError> {
+        self.record("DeleteObject", key)?;
+        self.remove(key);
+        Ok(())
+    }
+}
+
+/// In-memory CloudFormation. New stacks take `create_status` (CREATE_COMPLETE unless set)
+/// and get a `LoginIp` output; deletes take `delete_status` (gone unless set).
+pub struct FakeStacks {
+    stacks: Mutex<BTreeMap<String, StackView>>,
+    calls: Mutex<Vec<String>>,
+    faults: Faults,
+    /// Status a created stack takes.
+    pub create_status: Mutex<String>,
+    /// Status a deleted stack takes; `None` removes it at once.
+    pub delete_status: Mutex<Option<String>>,
+    /// The failure reason the stack events give.
+    pub failure: Mutex<Option<String>>,
+    /// Parameters the template declares.
+    pub parameters: Mutex<BTreeMap<String, ParameterRule>>,
+    clock: AtomicI64,
+}
+
+impl Default for FakeStacks {
+    fn default() -> Self {
+        FakeStacks {
+            stacks: Mutex::default(),
+            calls: Mutex::default(),
+            faults: Faults::default(),
+            create_status: Mutex::new("CREATE_COMPLETE".into()),
+            delete_status: Mutex::new(None),
+            failure: Mutex::new(None),
+            parameters: Mutex::default(),
+            clock: AtomicI64::new(1_000),
+        }
+    }
+}
+
+impl FakeStacks {
+    /// Adds a stack as another actor would (another install, an administrator).
+    pub fn insert(&self, stack: StackView) {
+        lock(&self.stacks).insert(stack.name.clone(), stack);
+    }
+
+    /// A stack by name.
+    pub fn get(&self, name: &str) -> Option<StackView> {
+        lock(&self.stacks).get(name).cloned()
+    }
+
+    /// Sets a stack's status, as CloudFormation would when an operation ends.
+    pub fn set_status(&self, name: &str, status: &str) {
+        if let Some(s) = lock(&self.stacks).get_mut(name) {
+            s.status = status.into();
+            s.last_change = self.clock.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Every stack name.
+    pub fn names(&self) -> Vec<String> {
+        lock(&self.stacks).keys().cloned().collect()
+    }
+
+    /// Every call made, as `Operation name`.
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
+    /// The mutating calls made (create, update, delete).
+    pub fn mutations(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| {
+                ["CreateStack", "UpdateStack", "DeleteStack"]
+                    .iter()
+                    .any(|m| c.starts_with(m))
+            })
+            .collect()
+    }
+
+    /// Makes the next `times` calls of `operation` fail with `kind`.
+    pub fn fail(&self, operation: &'static str, kind: ErrorKind, times: u32) {
+        lock(&self.faults.0).insert(operation, (kind, times));
+    }
+
+    fn record(&self, operation: &'static str, name: &str) -> Result<(), CallError> {
+        lock(&self.calls).push(format!("{operation} {name}"));
+        self.faults.check("cloudformation", operation)
+    }
+
+    fn find(&self, name_or_id: &str) -> Option<StackView> {
+        lock(&self.stacks)
+            .values()
+            .find(|s| s.name == name_or_id || s.id == name_or_id)
+            .cloned()
+    }
+}
+
+impl StackService for FakeStacks {
+    async fn list(&self) -> Result<Vec<StackView>, CallError> {
+        self.record("DescribeStacks", "*")?;
+        Ok(lock(&self.stacks).values().cloned().collect())
+    }
+
+    async fn describe(&self, name_or_id: &str) -> Result<Option<StackView>, CallError> {
+        self.record("DescribeStacks", name_or_id)?;
+        Ok(self.find(name_or_id))
+    }
+
+    async fn create(&self, spec: &StackSpec, _template: &Template) -> Result<String, CallError> {
+        self.record("CreateStack", &spec.name)?;
+        if self.find(&spec.name).is_some() {
+            return Err(fail(
+                "cloudformation",
+                "CreateStack",
+                ErrorKind::AlreadyExists,
+            ));
+        }
+        let n = self.clock.fetch_add(1, Ordering::SeqCst);
+        let id = format!(
+            "arn:aws:cloudformation:eu-west-2:123456789012:stack/{}/{n}",
+            spec.name
+        );
+        self.insert(StackView {
+            name: spec.name.clone(),
+            id: id.clone(),
+            status: lock(&self.create_status).clone(),
+            status_reason: None,
+            last_change: n,
+            tags: spec.tags.clone(),
+            parameters: spec.parameters.clone(),
+            outputs: BTreeMap::from([("LoginIp".into(), format!("198.51.100.{}", n % 250))]),
+            failure_reason: None,
+            login_ip: None,
+        });
+        Ok(id)
+    }
+
+    async fn update(
+        &self,
+        spec: &StackSpec,
+        _template: &Template,
+    ) -> Result<UpdateOutcome, CallError> {
+        self.record("UpdateStack", &spec.name)?;
+        let mut stacks = lock(&self.stacks);
+        let Some(s) = stacks.get_mut(&spec.name) else {
+            return Err(fail("cloudformation", "UpdateStack", ErrorKind::NotFound));
+        };
+        if s.parameters == spec.parameters && s.tags == spec.tags {
+            return Ok(UpdateOutcome::NoChanges);
+        }
+        s.parameters = spec.parameters.clone();
+        s.tags = spec.tags.clone();
+        s.status = "UPDATE_COMPLETE".into();
+        s.last_change = self.clock.fetch_add(1, Ordering::SeqCst);
+        Ok(UpdateOutcome::Started)
+    }
+
+    async fn delete(&self, id: &str, _token: &str) -> Result<(), CallError> {
+        self.record("DeleteStack", id)?;
+        let mut stacks = lock(&self.stacks);
+        let Some(name) = stacks.values().find(|s| s.id == id).map(|s| s.name.clone()) else {
+            return Ok(());
+        };
+        match lock(&self.delete_status).clone() {
+            None => {
+                stacks.remove(&name);
+            }
+            Some(status) => {
+                if let Some(s) = stacks.get_mut(&name) {
+                    s.status = status;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn first_failure(&self, id: &str) -> Result<Option<String>, CallError> {
+        self.record("DescribeStackEvents", id)?;
+        Ok(lock(&self.failure).clone())
+    }
+
+    async fn template_parameters(
+        &self,
+        _template: &Template,
+    ) -> Result<BTreeMap<String, ParameterRule>, CallError> {
+        self.record("GetTemplateSummary", "-")?;
+        Ok(lock(&self.parameters).clone())
+    }
+}
+
+/// EC2 with no instances, unless one is set.
+#[derive(Default)]
+pub struct FakeInstances {
+    /// The address every lookup answers.
+    pub ip: Mutex<Option<String>>,
+}
+
+impl InstanceLookup for FakeInstances {
+    async fn login_ip(
+        &self,
+        _stack_id: &str,
+        _logical_id: &str,
+    ) -> Result<Option<String>, CallError> {
+        Ok(lock(&self.ip).clone())
+    }
+}
+
+/// A mailer that keeps what it sends, or fails when told to.
+#[derive(Default)]
+pub struct FakeMailer {
+    /// Sent mail: (recipients, subject, body).
+    pub sent: Mutex<Vec<(Vec<String>, String, String)>>,
+    faults: Faults,
+}
+
+impl FakeMailer {
+    /// Makes the next `times` sends fail.
+    pub fn fail(&self, times: u32) {
+        lock(&self.faults.0).insert("SendEmail", (ErrorKind::Invalid, times));
+    }
+
+    /// Subjects sent so far.
+    pub fn subjects(&self) -> Vec<String> {
+        lock(&self.sent).iter().map(|(_, s, _)| s.clone()).collect()
+    }
+}
+
+impl Mailer for FakeMailer {
+    async fn send(&self, to: &[String], subject: &str, body: &str) -> Result<(), CallError> {
+        self.faults.check("sesv2", "SendEmail")?;
+        lock(&self.sent).push((to.to_vec(), subject.to_owned(), body.to_owned()));
+        Ok(())
+    }
+}

@@ -1,0 +1,439 @@
+//! The reconciler: observe, plan (in core), execute. A full resync looks at everything; a
+//! single-key look (a requeue, later a hint) reads only that cluster's objects and stack.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use flightdeck_core::key::{ClusterKey, Suffix};
+use flightdeck_core::orphan::{OrphanTracker, OrphanVerdict};
+use flightdeck_core::plan::{Action, Context, Observed, RequestState, plan, plan_mistakes};
+use flightdeck_core::request::{MAX_REQUEST_BYTES, RequestError, RequestRules, parse_request};
+use flightdeck_core::snapshot::{ClusterFiles, Snapshot};
+use flightdeck_core::stack::{StackPhase, StackView};
+use futures::StreamExt;
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::ports::{CallError, InstanceLookup, Mailer, ObjectStore, StackService};
+
+/// The services the reconciler talks to.
+pub struct Cloud<S, C, E, M> {
+    /// The users' bucket.
+    pub store: S,
+    /// The customizer bucket (enrolment checks).
+    pub customizer: S,
+    /// CloudFormation.
+    pub stacks: C,
+    /// EC2 (login address fallback).
+    pub instances: E,
+    /// Email, when notifications are enabled.
+    pub mailer: Option<M>,
+}
+
+/// What one cluster's reconcile came to.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeyOutcome {
+    /// Actions planned.
+    pub actions: Vec<Action>,
+    /// Look again soon (something is in progress).
+    pub soon: bool,
+    /// The error that stopped it, if any (the key is requeued with backoff).
+    pub error: Option<CallError>,
+}
+
+/// What one full resync came to.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    /// Each cluster's outcome.
+    pub outcomes: BTreeMap<ClusterKey, KeyOutcome>,
+    /// Actions for mistaken requests.
+    pub mistake_actions: Vec<Action>,
+    /// Orphans past grace that the cap held back.
+    pub held_back: usize,
+    /// How long the pass took.
+    pub elapsed: Duration,
+}
+
+/// A request as last read, by object key: re-read only when its ETag changes.
+#[derive(Clone)]
+struct CachedRequest {
+    etag: String,
+    state: RequestState,
+}
+
+/// Details of a stack that cost extra calls, by stack id and last change.
+#[derive(Clone, Default)]
+struct StackDetails {
+    login_ip: Option<String>,
+    failure_reason: Option<String>,
+}
+
+/// Observes, plans and executes. Holds no state that matters across restarts: the request
+/// cache and stack details only save calls, and the orphan tracker errs towards keeping.
+pub struct Reconciler<S, C, E, M> {
+    pub(crate) cloud: Cloud<S, C, E, M>,
+    pub(crate) settings: Settings,
+    pub(crate) rules: RequestRules,
+    requests: Mutex<HashMap<String, CachedRequest>>,
+    details: Mutex<HashMap<(String, i64), StackDetails>>,
+    orphans: Mutex<OrphanTracker>,
+    started: Instant,
+}
+
+impl<S, C, E, M> Reconciler<S, C, E, M>
+where
+    S: ObjectStore,
+    C: StackService,
+    E: InstanceLookup,
+    M: Mailer,
+{
+    /// A reconciler over `cloud` with validated settings and the template's rules.
+    pub fn new(cloud: Cloud<S, C, E, M>, settings: Settings, rules: RequestRules) -> Self {
+        Reconciler {
+            cloud,
+            settings,
+            rules,
+            requests: Mutex::default(),
+            details: Mutex::default(),
+            orphans: Mutex::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The services it talks to.
+    pub fn cloud(&self) -> &Cloud<S, C, E, M> {
+        &self.cloud
+    }
+
+    pub(crate) fn context(&self) -> Context<'_> {
+        Context {
+            identity: &self.settings.identity,
+            rules: &self.rules,
+            home_prefix: &self.settings.home_prefix,
+            updatable: &self.settings.updatable,
+        }
+    }
+
+    /// One full pass: list the home prefix and the stacks, judge orphans, then plan and
+    /// (unless `dry_run`) execute every cluster, `concurrency` at a time. A failed listing
+    /// ends the pass before anything is planned, and restarts every orphan's grace.
+    ///
+    /// # Errors
+    /// The listing call that failed.
+    pub async fn resync(&self, dry_run: bool) -> Result<PassReport, CallError> {
+        let start = Instant::now();
+        let listings = async {
+            let objects = self.cloud.store.list(&self.settings.home_prefix).await?;
+            let stacks = self.cloud.stacks.list().await?;
+            Ok::<_, CallError>((objects, stacks))
+        };
+        let (objects, stacks) = match listings.await {
+            Ok(l) => l,
+            Err(e) => {
+                self.lock_orphans().judge(
+                    self.started.elapsed(),
+                    false,
+                    &[],
+                    &self.settings.orphans,
+                );
+                return Err(e);
+            }
+        };
+        let snap = Snapshot::build(
+            &self.settings.home_prefix,
+            &self.settings.identity,
+            objects,
+            stacks,
+        );
+        for d in &snap.duplicates {
+            warn!(stack = %d.name, "a second stack of ours claims the same cluster; it is left alone");
+        }
+        let judgement = self.lock_orphans().judge(
+            self.started.elapsed(),
+            true,
+            &snap.orphans(),
+            &self.settings.orphans,
+        );
+        if judgement.held_back > 0 {
+            warn!(
+                orphans = judgement.held_back,
+                cap = self.settings.orphans.max_deletes,
+                "deleting none of the orphaned stacks: more requests vanished at once than reconcile.max_orphan_deletes allows; check the bucket, then delete by hand or raise the cap"
+            );
+        }
+        self.forget_unseen(&snap);
+        let outcomes: BTreeMap<ClusterKey, KeyOutcome> = futures::stream::iter(snap.keys())
+            .map(|key| {
+                let files = snap.files.get(&key).cloned().unwrap_or_default();
+                let stack = snap.stacks.get(&key).cloned();
+                let verdict = judgement
+                    .verdicts
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(OrphanVerdict::NotJudged);
+                async move {
+                    let outcome = self.reconcile(&key, files, stack, verdict, dry_run).await;
+                    (key, outcome)
+                }
+            })
+            .buffer_unordered(self.settings.concurrency)
+            .collect()
+            .await;
+        let mistake_actions = plan_mistakes(&snap.mistaken, &snap.reports);
+        if !dry_run {
+            for action in &mistake_actions {
+                if let Err(e) = self.execute_write(action).await {
+                    warn!(error = %e, "could not write the explanation of a mistaken request");
+                }
+            }
+        }
+        Ok(PassReport {
+            outcomes,
+            mistake_actions,
+            held_back: judgement.held_back,
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// Looks at one cluster only: its objects (one listing of its prefix) and its stack
+    /// (one describe by name). Never deletes an orphan: only a full resync may.
+    pub async fn reconcile_key(&self, key: &ClusterKey) -> KeyOutcome {
+        let prefix = key.object_prefix(&self.settings.home_prefix);
+        let name = self.settings.identity.stack_name(key);
+        let observed = async {
+            let objects = self.cloud.store.list(&prefix).await?;
+            let stack = self.cloud.stacks.describe(&name).await?;
+            Ok::<_, CallError>((objects, stack))
+        };
+        match observed.await {
+            Ok((objects, stack)) => {
+                let snap = Snapshot::build(
+                    &self.settings.home_prefix,
+                    &self.settings.identity,
+                    objects,
+                    stack,
+                );
+                let files = snap.files.get(key).cloned().unwrap_or_default();
+                let stack = snap.stacks.get(key).cloned();
+                self.reconcile(key, files, stack, OrphanVerdict::NotJudged, false)
+                    .await
+            }
+            Err(e) => KeyOutcome {
+                error: Some(e),
+                ..KeyOutcome::default()
+            },
+        }
+    }
+
+    async fn reconcile(
+        &self,
+        key: &ClusterKey,
+        files: ClusterFiles,
+        stack: Option<StackView>,
+        orphan: OrphanVerdict,
+        dry_run: bool,
+    ) -> KeyOutcome {
+        let observed = match self.observe(key, files, stack, orphan).await {
+            Ok(o) => o,
+            Err(e) => {
+                return KeyOutcome {
+                    error: Some(e),
+                    ..KeyOutcome::default()
+                };
+            }
+        };
+        let actions = plan(&observed, &self.context());
+        if dry_run {
+            let soon = actions.contains(&Action::LookAgainSoon);
+            return KeyOutcome {
+                actions,
+                soon,
+                error: None,
+            };
+        }
+        self.execute(key, actions).await
+    }
+
+    async fn observe(
+        &self,
+        key: &ClusterKey,
+        files: ClusterFiles,
+        stack: Option<StackView>,
+        orphan: OrphanVerdict,
+    ) -> Result<Observed, CallError> {
+        let request = match &files.create {
+            None => RequestState::Absent,
+            Some(meta) => self.request(key, meta).await?,
+        };
+        let needs_enrolment =
+            matches!(request, RequestState::Valid { .. }) && stack.is_none() && !files.delete;
+        let enrolled = match (&self.settings.enrolment, needs_enrolment) {
+            (Some(e), true) => {
+                self.cloud
+                    .customizer
+                    .any_under(&e.folder(&key.user))
+                    .await?
+            }
+            _ => true,
+        };
+        let stack = match stack {
+            Some(s) => Some(self.with_details(s).await?),
+            None => None,
+        };
+        Ok(Observed {
+            key: key.clone(),
+            request,
+            delete_requested: files.delete,
+            markers: files.markers,
+            stack,
+            enrolled,
+            orphan,
+        })
+    }
+
+    /// The request behind `meta`, from the cache when its ETag is unchanged.
+    async fn request(
+        &self,
+        key: &ClusterKey,
+        meta: &flightdeck_core::snapshot::ObjectMeta,
+    ) -> Result<RequestState, CallError> {
+        if let Some(hit) = self
+            .lock_requests()
+            .get(&meta.key)
+            .filter(|c| c.etag == meta.etag)
+        {
+            return Ok(hit.state.clone());
+        }
+        let (etag, state) = if meta.size > MAX_REQUEST_BYTES as u64 {
+            let reason = RequestError::TooLarge {
+                size: usize::try_from(meta.size).unwrap_or(usize::MAX),
+            };
+            (
+                meta.etag.clone(),
+                RequestState::Invalid {
+                    reason: reason.to_string(),
+                    etag: meta.etag.clone(),
+                },
+            )
+        } else {
+            match self.cloud.store.get(&meta.key).await? {
+                None => return Ok(RequestState::Absent),
+                Some(fetched) => {
+                    let state = match parse_request(&fetched.body, &self.rules) {
+                        Ok(request) => RequestState::Valid {
+                            request,
+                            etag: fetched.etag.clone(),
+                            modified: fetched.modified,
+                        },
+                        Err(e) => {
+                            info!(user = %key.user, cluster = %key.cluster, reason = %e, "request refused");
+                            RequestState::Invalid {
+                                reason: e.to_string(),
+                                etag: fetched.etag.clone(),
+                            }
+                        }
+                    };
+                    (fetched.etag, state)
+                }
+            }
+        };
+        self.lock_requests().insert(
+            meta.key.clone(),
+            CachedRequest {
+                etag,
+                state: state.clone(),
+            },
+        );
+        Ok(state)
+    }
+
+    /// Records that CloudFormation refused a request, so that it is reported like any
+    /// other refusal and not sent again until the file changes.
+    pub(crate) fn refuse_request(&self, key: &ClusterKey, reason: String) {
+        let object = key.object_key(&self.settings.home_prefix, Suffix::Create);
+        if let Some(cached) = self.lock_requests().get_mut(&object) {
+            cached.state = RequestState::Invalid {
+                reason,
+                etag: cached.etag.clone(),
+            };
+        }
+    }
+
+    /// Fills in the login address and the failure reason, calling EC2 and
+    /// DescribeStackEvents only when needed and once per stack change.
+    async fn with_details(&self, mut stack: StackView) -> Result<StackView, CallError> {
+        let phase = stack.phase();
+        let cache_key = (stack.id.clone(), stack.last_change);
+        let cached = self.lock_details().get(&cache_key).cloned();
+        let mut details = cached.clone().unwrap_or_default();
+        if cached.is_none() {
+            if matches!(phase, StackPhase::Stable | StackPhase::UpdateRolledBack) {
+                details.login_ip = match stack.outputs.get(&self.settings.login_output) {
+                    Some(ip) => Some(ip.clone()),
+                    None => {
+                        self.cloud
+                            .instances
+                            .login_ip(&stack.id, &self.settings.login_resource)
+                            .await?
+                    }
+                };
+            }
+            if matches!(
+                phase,
+                StackPhase::CreateFailed
+                    | StackPhase::Stuck
+                    | StackPhase::DeleteFailed
+                    | StackPhase::UpdateRolledBack
+            ) {
+                details.failure_reason = self.cloud.stacks.first_failure(&stack.id).await?;
+            }
+            // A stack without its address yet is asked again next time.
+            if details.login_ip.is_some()
+                || !matches!(phase, StackPhase::Stable | StackPhase::UpdateRolledBack)
+            {
+                self.lock_details().insert(cache_key, details.clone());
+            }
+        }
+        stack.login_ip = details.login_ip;
+        stack.failure_reason = details.failure_reason;
+        Ok(stack)
+    }
+
+    /// Drops cached requests and stack details that the last full listing no longer has.
+    fn forget_unseen(&self, snap: &Snapshot) {
+        let live: BTreeSet<&str> = snap
+            .files
+            .values()
+            .filter_map(|f| f.create.as_ref().map(|m| m.key.as_str()))
+            .collect();
+        self.lock_requests()
+            .retain(|k, _| live.contains(k.as_str()));
+        let stacks: BTreeSet<&str> = snap.stacks.values().map(|s| s.id.as_str()).collect();
+        self.lock_details()
+            .retain(|(id, _), _| stacks.contains(id.as_str()));
+    }
+
+    fn lock_requests(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedRequest>> {
+        self.requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_details(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), StackDetails>> {
+        self.details
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_orphans(&self) -> std::sync::MutexGuard<'_, OrphanTracker> {
+        self.orphans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
