@@ -3,7 +3,7 @@
 //! setting at fault.
 
 use anyhow::{Context as _, bail};
-use flightdeck_core::request::RequestRules;
+use flightdeck_core::request::{RequestRules, RulesError};
 
 use crate::aws::cloudformation::CloudFormation;
 use crate::aws::ec2::Ec2;
@@ -11,44 +11,61 @@ use crate::aws::s3::S3Store;
 use crate::aws::ses::Ses;
 use crate::aws::{AwsSettings, load};
 use crate::config::Settings;
-use crate::ports::{ErrorKind, ObjectStore, StackService};
+use crate::ports::{ErrorKind, InstanceLookup, Mailer, ObjectStore, StackService};
 use crate::reconcile::{Cloud, Reconciler};
 
 /// The reconciler on the real AWS adapters.
 pub type AwsReconciler = Reconciler<S3Store, CloudFormation, Ec2, Ses>;
 
-/// Builds the AWS clients, checks the buckets and the template, and derives the request
-/// rules from the template's parameters.
-///
-/// # Errors
-/// A message naming the setting at fault (bucket, customizer bucket, template, fixed
-/// parameters, updatable parameters), or the AWS call that failed.
-pub async fn connect(settings: Settings) -> anyhow::Result<AwsReconciler> {
+/// The real AWS adapters for `settings`.
+pub async fn aws_cloud(settings: &Settings) -> Cloud<S3Store, CloudFormation, Ec2, Ses> {
     let aws = AwsSettings {
         region: settings.region.clone(),
         endpoint_url: settings.endpoint_url.clone(),
     };
     let conf = load(&aws).await;
     let path_style = aws.s3_path_style();
-    let store = S3Store::new(&conf, settings.bucket.clone(), path_style);
     let customizer_bucket = settings
         .enrolment
         .as_ref()
         .map_or(settings.bucket.clone(), |e| e.bucket.clone());
-    let customizer = S3Store::new(&conf, customizer_bucket.clone(), path_style);
-    let stacks = CloudFormation::new(&conf);
-    let mailer = settings
-        .notify
-        .as_ref()
-        .map(|n| Ses::new(&conf, n.from.clone()));
-    let cloud = Cloud {
-        store,
-        customizer,
-        stacks,
+    Cloud {
+        store: S3Store::new(&conf, settings.bucket.clone(), path_style),
+        customizer: S3Store::new(&conf, customizer_bucket, path_style),
+        stacks: CloudFormation::new(&conf),
         instances: Ec2::new(&conf),
-        mailer,
-    };
+        mailer: settings
+            .notify
+            .as_ref()
+            .map(|n| Ses::new(&conf, n.from.clone())),
+    }
+}
 
+/// Builds the AWS clients, then [`checked`].
+///
+/// # Errors
+/// As [`checked`].
+pub async fn connect(settings: Settings) -> anyhow::Result<AwsReconciler> {
+    let cloud = aws_cloud(&settings).await;
+    checked(cloud, settings).await
+}
+
+/// Checks the buckets and the template against `cloud`, derives the request rules from the
+/// template's parameters, and returns the reconciler.
+///
+/// # Errors
+/// A message naming the setting at fault (bucket, customizer bucket, template, fixed,
+/// user or updatable parameters), or the AWS call that failed.
+pub async fn checked<S, C, E, M>(
+    cloud: Cloud<S, C, E, M>,
+    settings: Settings,
+) -> anyhow::Result<Reconciler<S, C, E, M>>
+where
+    S: ObjectStore,
+    C: StackService,
+    E: InstanceLookup,
+    M: Mailer,
+{
     if let Err(e) = cloud.store.any_under(&settings.home_prefix).await {
         let hint = match e.kind {
             ErrorKind::NotFound => "the bucket does not exist",
@@ -65,7 +82,8 @@ pub async fn connect(settings: Settings) -> anyhow::Result<AwsReconciler> {
         && let Err(e) = cloud.customizer.any_under(&enrolment.prefix).await
     {
         bail!(
-            "setting `customizer.bucket`: cannot list s3://{customizer_bucket}/{}: {e}",
+            "setting `customizer.bucket`: cannot list s3://{}/{}: {e}",
+            enrolment.bucket,
             enrolment.prefix
         );
     }
@@ -79,7 +97,16 @@ pub async fn connect(settings: Settings) -> anyhow::Result<AwsReconciler> {
         &settings.fixed_parameters,
         &settings.user_parameters,
     )
-    .map_err(|e| anyhow::anyhow!("setting `stacks.parameters`: {e}"))?;
+    .map_err(|e| {
+        let setting = match e {
+            RulesError::UnknownSettable(_) | RulesError::SettableFixed(_) => {
+                "stacks.user_parameters"
+            }
+            RulesError::UnknownFixed(_) => "stacks.parameters",
+            RulesError::MissingReserved(_) => "stacks.template",
+        };
+        anyhow::anyhow!("setting `{setting}`: {e}")
+    })?;
     let settable: Vec<&str> = rules.settable().collect();
     if let Some(key) = settings
         .updatable
@@ -92,4 +119,102 @@ pub async fn connect(settings: Settings) -> anyhow::Result<AwsReconciler> {
         );
     }
     Ok(Reconciler::new(cloud, settings, rules))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use flightdeck_core::request::ParameterRule;
+
+    use super::*;
+    use crate::fake::{FakeInstances, FakeMailer, FakeStacks, FakeStore};
+
+    fn settings() -> Settings {
+        let dir = std::env::temp_dir().join(format!(
+            "flightdeck-app-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("t.yaml"), "Resources: {}\n").unwrap();
+        let config = dir.join("c.toml");
+        let text = format!(
+            "instance = \"i\"\n[bucket]\nname = \"users\"\n[stacks]\ntemplate = \"{}\"\n[customizer]\nbucket = \"cust\"\n",
+            dir.join("t.yaml").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let s = Settings::load(&config, []).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        s
+    }
+
+    fn cloud(parameters: &[&str]) -> Cloud<FakeStore, FakeStacks, FakeInstances, FakeMailer> {
+        let stacks = FakeStacks::default();
+        *stacks.parameters.lock().unwrap() = parameters
+            .iter()
+            .map(|p| (p.to_string(), ParameterRule::default()))
+            .collect::<BTreeMap<_, _>>();
+        Cloud {
+            store: FakeStore::default(),
+            customizer: FakeStore::default(),
+            stacks,
+            instances: FakeInstances::default(),
+            mailer: None,
+        }
+    }
+
+    fn error(
+        cloud: Cloud<FakeStore, FakeStacks, FakeInstances, FakeMailer>,
+        settings: Settings,
+    ) -> String {
+        let result = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(checked(cloud, settings));
+        format!("{:#}", result.err().expect("start-up should fail"))
+    }
+
+    const SEED_KEYS: [&str; 9] = [
+        "ComputeInstanceType",
+        "ComputeInstanceTypeOther",
+        "ComputeSpotPrice",
+        "ComputeMaxNodes",
+        "ComputeInitialNodes",
+        "MasterInstanceType",
+        "MasterInstanceTypeOther",
+        "MasterSystemVolumeSize",
+        "AutoscalingPolicy",
+    ];
+
+    #[test]
+    fn an_unlistable_bucket_stops_start_up_naming_the_setting() {
+        let c = cloud(&[]);
+        c.store.fail("ListObjectsV2", ErrorKind::NotFound, 1);
+        let e = error(c, settings());
+        assert!(
+            e.starts_with(
+                "setting `bucket.name`: cannot list s3://users/home/: the bucket does not exist"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_template_without_the_user_parameters_stops_start_up() {
+        let e = error(cloud(&["AccessUsername", "FlightProfiles"]), settings());
+        assert!(e.starts_with("setting `stacks.user_parameters`: user parameter `AutoscalingPolicy` is not a parameter of the template"), "{e}");
+    }
+
+    #[test]
+    fn an_updatable_parameter_users_cannot_set_stops_start_up() {
+        let mut s = settings();
+        s.updatable.insert("VpcId".into());
+        let mut params: Vec<&str> = SEED_KEYS.to_vec();
+        params.extend(["AccessUsername", "FlightProfiles", "VpcId"]);
+        let e = error(cloud(&params), s);
+        assert!(
+            e.starts_with("setting `stacks.updatable`: `VpcId` is not a parameter users can set"),
+            "{e}"
+        );
+    }
 }

@@ -1,0 +1,422 @@
+//! The reconciler over in-memory fakes: what the emulator cannot show (stacks in progress or
+//! failed, failed calls, other installs' stacks) and what must never happen.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use flightdeck_core::identity::{Identity, TAG_OWNER};
+use flightdeck_core::key::ClusterKey;
+use flightdeck_core::orphan::{OrphanPolicy, OrphanSettings};
+use flightdeck_core::request::{ParameterRule, RequestRules};
+use flightdeck_core::stack::StackView;
+
+use crate::config::{Enrolment, Notify, Settings};
+use crate::fake::{FakeInstances, FakeMailer, FakeStacks, FakeStore};
+use crate::ports::{ErrorKind, Template};
+use crate::reconcile::{Cloud, Reconciler};
+
+type Rec = Reconciler<FakeStore, FakeStacks, FakeInstances, FakeMailer>;
+
+const SEED: &str = include_str!("../../examples/cluster.cf-create");
+const USER_KEYS: [&str; 9] = [
+    "ComputeInstanceType",
+    "ComputeInstanceTypeOther",
+    "ComputeSpotPrice",
+    "ComputeMaxNodes",
+    "ComputeInitialNodes",
+    "MasterInstanceType",
+    "MasterInstanceTypeOther",
+    "MasterSystemVolumeSize",
+    "AutoscalingPolicy",
+];
+
+fn settings(grace: Duration, max_deletes: usize) -> Settings {
+    Settings {
+        identity: Identity::new("fd", "site-a").unwrap(),
+        region: None,
+        endpoint_url: None,
+        log_format: crate::config::LogFormat::Text,
+        bucket: "users".into(),
+        home_prefix: "home/".into(),
+        controller_prefix: "flightdeck/".into(),
+        template: Template {
+            body: "Resources: {}".into(),
+            role_arn: None,
+        },
+        fixed_parameters: BTreeMap::new(),
+        user_parameters: USER_KEYS.map(String::from).into(),
+        updatable: BTreeSet::from(["ComputeMaxNodes".to_string()]),
+        login_output: "LoginIp".into(),
+        login_resource: "Master".into(),
+        enrolment: Some(Enrolment {
+            bucket: "cust".into(),
+            prefix: "customizer/".into(),
+        }),
+        resync_interval: Duration::from_secs(60),
+        busy_interval: Duration::from_secs(5),
+        orphans: OrphanSettings {
+            grace,
+            max_deletes,
+            policy: OrphanPolicy::Delete,
+        },
+        concurrency: 4,
+        notify: Some(Notify {
+            from: "fd@example.org".into(),
+            operator: vec!["ops@example.org".into()],
+        }),
+    }
+}
+
+fn rec_with(settings: Settings) -> Rec {
+    let mut template: BTreeMap<String, ParameterRule> = USER_KEYS
+        .iter()
+        .map(|k| (k.to_string(), ParameterRule::default()))
+        .collect();
+    template.insert("AccessUsername".into(), ParameterRule::default());
+    template.insert("FlightProfiles".into(), ParameterRule::default());
+    let rules = RequestRules::new(&template, &BTreeMap::new(), &settings.user_parameters).unwrap();
+    let cloud = Cloud {
+        store: FakeStore::default(),
+        customizer: FakeStore::default(),
+        stacks: FakeStacks::default(),
+        instances: FakeInstances::default(),
+        mailer: Some(FakeMailer::default()),
+    };
+    for user in ["alice", "bob"] {
+        cloud.customizer.insert(
+            &format!("customizer/{user}/configure.d/authorized_keys"),
+            "ssh-ed25519 AAAA",
+        );
+    }
+    Reconciler::new(cloud, settings, rules)
+}
+
+fn rec() -> Rec {
+    rec_with(settings(Duration::from_secs(600), 5))
+}
+
+fn text(rec: &Rec, key: &str) -> String {
+    rec.cloud()
+        .store
+        .text(key)
+        .unwrap_or_else(|| panic!("{key} missing; have {:?}", rec.cloud().store.keys()))
+}
+
+fn phase(rec: &Rec, key: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&text(rec, key)).unwrap();
+    v["phase"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn request_becomes_a_ready_cluster_and_a_quiet_pass_writes_and_fetches_nothing() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false).await.unwrap();
+    assert_eq!(rec.cloud().stacks.names(), ["fd-alice-x"]);
+    rec.resync(false).await.unwrap();
+    let created = text(&rec, "home/alice/x.cf-created");
+    assert!(created.starts_with("198.51.100."), "{created}");
+    assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Ready");
+    assert_eq!(
+        rec.cloud().mailer.as_ref().unwrap().subjects(),
+        ["[flightdeck] cluster x of alice is ready"]
+    );
+
+    rec.cloud().store.clear_calls();
+    let before = rec.cloud().stacks.mutations().len();
+    rec.resync(false).await.unwrap();
+    assert_eq!(
+        rec.cloud().store.calls(),
+        ["ListObjectsV2 home/"],
+        "a quiet pass lists once and nothing else"
+    );
+    assert_eq!(rec.cloud().stacks.mutations().len(), before);
+    assert_eq!(
+        rec.cloud().mailer.as_ref().unwrap().subjects().len(),
+        1,
+        "notified once"
+    );
+}
+
+#[tokio::test]
+async fn a_stack_in_progress_is_looked_at_again_by_key_until_ready() {
+    let rec = rec();
+    *rec.cloud().stacks.create_status.lock().unwrap() = "CREATE_IN_PROGRESS".into();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    let report = rec.resync(false).await.unwrap();
+    let key = ClusterKey::new("alice", "x").unwrap();
+    assert!(report.outcomes[&key].soon);
+    let outcome = rec.reconcile_key(&key).await;
+    assert!(outcome.soon);
+    assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Creating");
+
+    rec.cloud()
+        .stacks
+        .set_status("fd-alice-x", "CREATE_COMPLETE");
+    let outcome = rec.reconcile_key(&key).await;
+    assert!(!outcome.soon && outcome.error.is_none(), "{outcome:?}");
+    assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Ready");
+    assert_eq!(
+        rec.cloud().stacks.mutations(),
+        ["CreateStack fd-alice-x"],
+        "exactly one create"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_create_is_reported_with_the_event_reason_and_not_retried() {
+    let rec = rec();
+    *rec.cloud().stacks.create_status.lock().unwrap() = "ROLLBACK_COMPLETE".into();
+    *rec.cloud().stacks.failure.lock().unwrap() =
+        Some("Master: We currently do not have sufficient r4.large capacity".into());
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false).await.unwrap();
+    rec.resync(false).await.unwrap();
+    rec.resync(false).await.unwrap();
+    let failed = text(&rec, "home/alice/x.cf-failed");
+    assert!(failed.contains("sufficient r4.large capacity"), "{failed}");
+    assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Failed");
+    assert_eq!(rec.cloud().stacks.mutations(), ["CreateStack fd-alice-x"]);
+    assert_eq!(
+        rec.cloud().mailer.as_ref().unwrap().subjects(),
+        ["[flightdeck] cluster x of alice failed"]
+    );
+
+    // A changed request replaces the failed stack.
+    *rec.cloud().stacks.create_status.lock().unwrap() = "CREATE_COMPLETE".into();
+    rec.cloud()
+        .store
+        .insert("home/alice/x.cf-create", SEED.replace("\"25\"", "\"20\""));
+    rec.resync(false).await.unwrap();
+    rec.resync(false).await.unwrap();
+    rec.resync(false).await.unwrap();
+    assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Ready");
+    assert!(rec.cloud().store.text("home/alice/x.cf-failed").is_none());
+}
+
+#[tokio::test]
+async fn one_keys_failure_never_stops_the_others() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.cloud().store.insert("home/bob/y.cf-create", SEED);
+    rec.cloud()
+        .stacks
+        .fail("CreateStack", ErrorKind::Throttled, 1);
+    let report = rec.resync(false).await.unwrap();
+    let errors: Vec<_> = report
+        .outcomes
+        .iter()
+        .filter(|(_, o)| o.error.is_some())
+        .collect();
+    assert_eq!(errors.len(), 1, "{report:?}");
+    assert_eq!(
+        rec.cloud().stacks.names().len(),
+        1,
+        "the other key went ahead"
+    );
+    rec.resync(false).await.unwrap();
+    assert_eq!(rec.cloud().stacks.names(), ["fd-alice-x", "fd-bob-y"]);
+}
+
+#[tokio::test]
+async fn a_failed_listing_plans_nothing_and_restarts_orphan_grace() {
+    let rec = rec_with(settings(Duration::from_secs(1), 5));
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false).await.unwrap();
+    rec.cloud().store.remove("home/alice/x.cf-create");
+    rec.resync(false).await.unwrap(); // orphan first seen
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    rec.cloud()
+        .store
+        .fail("ListObjectsV2", ErrorKind::Transient, 1);
+    assert!(rec.resync(false).await.is_err());
+    rec.resync(false).await.unwrap(); // seen again: grace starts over
+    assert_eq!(
+        rec.cloud().stacks.names(),
+        ["fd-alice-x"],
+        "no delete right after a failed listing"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    rec.resync(false).await.unwrap();
+    assert!(
+        rec.cloud().stacks.names().is_empty(),
+        "deleted after a full grace of complete listings"
+    );
+}
+
+#[tokio::test]
+async fn when_every_request_vanishes_no_orphan_is_deleted() {
+    let rec = rec_with(settings(Duration::from_secs(1), 2));
+    for c in ["a", "b", "c"] {
+        rec.cloud()
+            .store
+            .insert(&format!("home/alice/{c}.cf-create"), SEED);
+    }
+    rec.resync(false).await.unwrap();
+    for c in ["a", "b", "c"] {
+        rec.cloud()
+            .store
+            .remove(&format!("home/alice/{c}.cf-create"));
+    }
+    rec.resync(false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let report = rec.resync(false).await.unwrap();
+    assert_eq!(report.held_back, 3);
+    assert_eq!(rec.cloud().stacks.names().len(), 3);
+    assert!(
+        rec.cloud()
+            .stacks
+            .mutations()
+            .iter()
+            .all(|m| !m.starts_with("DeleteStack"))
+    );
+    assert!(text(&rec, "home/alice/a.cf-status").contains("held back"));
+}
+
+#[tokio::test]
+async fn a_hint_or_requeue_never_deletes_an_orphan() {
+    let rec = rec_with(settings(Duration::from_secs(1), 5));
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false).await.unwrap();
+    rec.cloud().store.remove("home/alice/x.cf-create");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    rec.reconcile_key(&ClusterKey::new("alice", "x").unwrap())
+        .await;
+    assert_eq!(rec.cloud().stacks.names(), ["fd-alice-x"]);
+}
+
+#[tokio::test]
+async fn stacks_of_another_install_are_never_touched() {
+    let rec = rec_with(settings(Duration::from_secs(1), 5));
+    let key = ClusterKey::new("alice", "x").unwrap();
+    let mut tags = Identity::new("fd", "site-b").unwrap().tags(&key, "h");
+    tags.insert(TAG_OWNER.into(), "site-b".into());
+    rec.cloud().stacks.insert(StackView {
+        name: "fd-alice-x".into(),
+        id: "arn:other".into(),
+        status: "CREATE_COMPLETE".into(),
+        tags,
+        ..StackView::default()
+    });
+    rec.cloud().store.insert("home/alice/x.cf-delete", "");
+    rec.resync(false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    rec.resync(false).await.unwrap();
+    assert!(
+        rec.cloud().stacks.mutations().is_empty(),
+        "{:?}",
+        rec.cloud().stacks.mutations()
+    );
+
+    // Asking to create under the taken name reports it instead.
+    rec.cloud().store.remove("home/alice/x.cf-delete");
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false).await.unwrap();
+    rec.resync(false).await.unwrap();
+    let failed = text(&rec, "home/alice/x.cf-failed");
+    assert!(
+        failed.contains("already exists and is not managed by flightdeck"),
+        "{failed}"
+    );
+    assert_eq!(
+        rec.cloud().stacks.get("fd-alice-x").unwrap().id,
+        "arn:other"
+    );
+}
+
+#[tokio::test]
+async fn the_executor_rechecks_tags_before_deleting() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false).await.unwrap();
+    let stack = rec.cloud().stacks.get("fd-alice-x").unwrap();
+    let action = flightdeck_core::plan::Action::DeleteStack {
+        key: ClusterKey::new("bob", "x").unwrap(),
+        name: stack.name.clone(),
+        id: stack.id.clone(),
+        token: "t".into(),
+    };
+    let outcome = rec
+        .execute(&ClusterKey::new("bob", "x").unwrap(), vec![action])
+        .await;
+    assert!(outcome.error.is_none());
+    assert!(
+        rec.cloud().stacks.get("fd-alice-x").is_some(),
+        "bob's plan cannot delete alice's stack"
+    );
+}
+
+#[tokio::test]
+async fn cloudformation_refusing_a_request_is_reported_and_not_sent_again() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.cloud()
+        .stacks
+        .fail("CreateStack", ErrorKind::Invalid, u32::MAX);
+    rec.resync(false).await.unwrap();
+    rec.resync(false).await.unwrap();
+    rec.resync(false).await.unwrap();
+    assert!(text(&rec, "home/alice/x.cf-failed").contains("CloudFormation refused the request"));
+    assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Failed");
+    let creates = rec
+        .cloud()
+        .stacks
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("CreateStack"))
+        .count();
+    assert_eq!(creates, 1);
+}
+
+#[tokio::test]
+async fn a_failed_email_never_blocks_reconciliation() {
+    let rec = rec();
+    rec.cloud().mailer.as_ref().unwrap().fail(10);
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false).await.unwrap();
+    let report = rec.resync(false).await.unwrap();
+    assert!(report.outcomes.values().all(|o| o.error.is_none()));
+    assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Ready");
+}
+
+#[tokio::test]
+async fn unenrolled_user_is_told_and_nothing_is_created() {
+    let rec = rec();
+    rec.cloud().store.insert("home/carol/x.cf-create", SEED);
+    rec.resync(false).await.unwrap();
+    assert!(text(&rec, "home/carol/x.cf-failed").contains("not enrolled"));
+    assert!(rec.cloud().stacks.mutations().is_empty());
+}
+
+#[tokio::test]
+async fn dry_run_plans_without_writing() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.cloud().store.insert("home/alice/sub/y.cf-create", SEED);
+    rec.cloud().store.clear_calls();
+    let report = rec.resync(true).await.unwrap();
+    assert!(!report.outcomes.is_empty() && !report.mistake_actions.is_empty());
+    assert!(rec.cloud().store.writes().is_empty());
+    assert!(rec.cloud().stacks.mutations().is_empty());
+}
+
+#[tokio::test]
+async fn mistaken_requests_get_an_explanation_next_to_them() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/sub/y.cf-create", SEED);
+    rec.cloud()
+        .store
+        .insert("home/alice/my_cluster.cf-create", SEED);
+    rec.resync(false).await.unwrap();
+    assert!(text(&rec, "home/alice/sub/y.cf-create.cf-failed").contains("home/alice/y.cf-create"));
+    assert!(text(&rec, "home/alice/my_cluster.cf-create.cf-failed").contains("my-cluster"));
+    rec.cloud().store.remove("home/alice/sub/y.cf-create");
+    rec.resync(false).await.unwrap();
+    assert!(
+        rec.cloud()
+            .store
+            .text("home/alice/sub/y.cf-create.cf-failed")
+            .is_none()
+    );
+    assert!(rec.cloud().stacks.mutations().is_empty());
+}
