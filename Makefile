@@ -7,6 +7,7 @@ SHELL := /bin/bash
 
 VENV ?= .venv
 export VENV
+export FLIGHTDECK_VENV ?= $(abspath $(VENV))
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/flightdeck/target
 CARGO ?= cargo
 PYTHON ?= python3
