@@ -377,10 +377,14 @@ fn is_decimal(s: &str) -> bool {
 }
 
 fn unknown_key(key: String, rules: &RequestRules) -> RequestError {
+    let folded = key.to_ascii_lowercase().replace(['_', '-', ' '], "");
     let close = rules
         .settable
         .keys()
-        .find(|k| k.eq_ignore_ascii_case(&key) || k.replace('_', "") == key.replace('_', ""));
+        .map(|k| (edit_distance(&k.to_ascii_lowercase(), &folded), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k);
     RequestError::UnknownKey {
         hint: close
             .map(|k| format!(" (did you mean `{k}`?)"))
@@ -388,6 +392,22 @@ fn unknown_key(key: String, rules: &RequestRules) -> RequestError {
         allowed: rules.settable().collect::<Vec<_>>().join(", "),
         key: shorten(&key),
     }
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {
@@ -548,6 +568,14 @@ pub(crate) mod tests {
             (
                 format!(r#"{{{base},"ComputeMaxnodes":"4"}}"#),
                 "`ComputeMaxnodes` is not a setting you can choose (did you mean `ComputeMaxNodes`?)",
+            ),
+            (
+                format!(r#"{{{base},"ComputeMaxNode":"4"}}"#),
+                "(did you mean `ComputeMaxNodes`?)",
+            ),
+            (
+                format!(r#"{{{base},"compute_max_nodes":"4"}}"#),
+                "(did you mean `ComputeMaxNodes`?)",
             ),
             (
                 format!(r#"{{{base},"CustomizerBucket":"x"}}"#),

@@ -1,0 +1,669 @@
+//! End to end on the local AWS emulator: users act with the real `aws` CLI, flightdeck runs
+//! on the real adapters (as a process, or as the library driven pass by pass), and the
+//! results are read back from S3 and CloudFormation.
+//!
+//! Each test has its own users' bucket, stack prefix and owner tag, so tests run in
+//! parallel on one emulator and never see each other's clusters. The shared customizer
+//! bucket, network and SES identity come from `deploy/local/bootstrap.py`, run once.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use flightdeck::app::checked;
+use flightdeck::aws::cloudformation::CloudFormation;
+use flightdeck::aws::ec2::Ec2;
+use flightdeck::aws::s3::S3Store;
+use flightdeck::aws::ses::Ses;
+use flightdeck::config::Settings;
+use flightdeck::ports::{CallError, Fetched, ObjectStore, StackService, Template, UpdateOutcome};
+use flightdeck::reconcile::{Cloud, Reconciler};
+use flightdeck_core::identity::{TAG_CLUSTER, TAG_OWNER, TAG_USER};
+use flightdeck_core::plan::StackSpec;
+use flightdeck_core::request::ParameterRule;
+use flightdeck_core::snapshot::ObjectMeta;
+use flightdeck_core::stack::StackView;
+use flightdeck_tests::{Emulator, REGION, unique};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+fn venv() -> PathBuf {
+    std::env::var_os("FLIGHTDECK_VENV").map_or_else(|| root().join(".venv"), PathBuf::from)
+}
+
+/// The shared emulator, bootstrapped once with the customizer bucket (alice and bob
+/// enrolled), the network in SSM and the SES identity.
+fn emulator() -> &'static Emulator {
+    static BOOTSTRAPPED: OnceLock<()> = OnceLock::new();
+    let emulator = Emulator::shared();
+    BOOTSTRAPPED.get_or_init(|| {
+        let out = Command::new(venv().join("bin/python"))
+            .arg(root().join("deploy/local/bootstrap.py"))
+            .arg(emulator.endpoint())
+            .output()
+            .expect("running deploy/local/bootstrap.py");
+        assert!(
+            out.status.success(),
+            "bootstrap failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    emulator
+}
+
+/// One flightdeck install under test: its own bucket, stack prefix and owner.
+struct Site {
+    bucket: String,
+    env: Vec<(String, String)>,
+}
+
+impl Site {
+    async fn new() -> Site {
+        let emulator = emulator();
+        let bucket = unique("users");
+        emulator.create_bucket(&bucket).await;
+        let n = bucket.rsplit('-').next().unwrap().to_owned();
+        let env = [
+            ("FLIGHTDECK_ENDPOINT_URL", emulator.endpoint().to_owned()),
+            ("FLIGHTDECK_BUCKET_NAME", bucket.clone()),
+            (
+                "FLIGHTDECK_STACKS_PREFIX",
+                format!("t{}x{n}", std::process::id()),
+            ),
+            (
+                "FLIGHTDECK_INSTANCE",
+                format!("test-{}-{n}", std::process::id()),
+            ),
+            (
+                "FLIGHTDECK_STACKS_TEMPLATE",
+                root().join("templates/cluster.yaml").display().to_string(),
+            ),
+            ("FLIGHTDECK_RECONCILE_RESYNC_INTERVAL", "1s".into()),
+            ("FLIGHTDECK_RECONCILE_BUSY_INTERVAL", "1s".into()),
+            ("FLIGHTDECK_RECONCILE_ORPHAN_GRACE", "2s".into()),
+            ("FLIGHTDECK_RECONCILE_MAX_ORPHAN_DELETES", "2".into()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .to_vec();
+        Site { bucket, env }
+    }
+
+    fn settings(&self) -> Settings {
+        Settings::load(
+            &root().join("deploy/local/flightdeck.toml"),
+            self.env.clone(),
+        )
+        .expect("test settings")
+    }
+
+    fn stack_name(&self, user: &str, cluster: &str) -> String {
+        let prefix = &self
+            .env
+            .iter()
+            .find(|(k, _)| k == "FLIGHTDECK_STACKS_PREFIX")
+            .unwrap()
+            .1;
+        format!("{prefix}-{user}-{cluster}")
+    }
+
+    fn owner(&self) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "FLIGHTDECK_INSTANCE")
+            .unwrap()
+            .1
+            .clone()
+    }
+
+    /// The reconciler on the real adapters, with S3 writes and stack mutations counted.
+    async fn reconciler(&self) -> Reconciler<Counted<S3Store>, Counted<CloudFormation>, Ec2, Ses> {
+        let settings = self.settings();
+        let conf = emulator().sdk_config().await;
+        let cloud = Cloud {
+            store: Counted::new(S3Store::new(&conf, self.bucket.clone(), true)),
+            customizer: Counted::new(S3Store::new(&conf, "flightdeck-customizer", true)),
+            stacks: Counted::new(CloudFormation::new(&conf)),
+            instances: Ec2::new(&conf),
+            mailer: Some(Ses::new(&conf, "flightdeck@example.org")),
+        };
+        checked(cloud, settings).await.expect("start-up checks")
+    }
+
+    /// Runs the real `aws` CLI as a user would, against this site's emulator.
+    fn aws(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut cmd = Command::new(venv().join("bin/aws"));
+        cmd.arg("--endpoint-url")
+            .arg(emulator().endpoint())
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_DEFAULT_REGION", REGION)
+            .env_remove("AWS_PROFILE")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("running the aws CLI");
+        if let Some(text) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "aws {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `aws s3 cp - s3://bucket/home/<key>` with `body`.
+    fn user_writes(&self, key: &str, body: &str) {
+        self.aws(
+            &["s3", "cp", "-", &format!("s3://{}/home/{key}", self.bucket)],
+            Some(body),
+        );
+    }
+
+    fn user_removes(&self, key: &str) {
+        self.aws(
+            &["s3", "rm", &format!("s3://{}/home/{key}", self.bucket)],
+            None,
+        );
+    }
+
+    async fn read(&self, key: &str) -> Option<String> {
+        let s3 = emulator().s3().await;
+        let got = s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(format!("home/{key}"))
+            .send()
+            .await
+            .ok()?;
+        let bytes = got.body.collect().await.ok()?.into_bytes();
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    async fn phase(&self, key: &str) -> String {
+        let status = self
+            .read(key)
+            .await
+            .unwrap_or_else(|| panic!("{key} missing"));
+        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        v["phase"].as_str().unwrap().to_owned()
+    }
+
+    /// Every stack carrying this site's owner tag.
+    async fn stacks(&self) -> Vec<StackView> {
+        let cfn = CloudFormation::new(&emulator().sdk_config().await);
+        let owner = self.owner();
+        cfn.list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.tags.get(TAG_OWNER) == Some(&owner))
+            .collect()
+    }
+
+    async fn wait_for(&self, key: &str, log: &Path) -> String {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(body) = self.read(key).await {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!(
+            "{key} did not appear; controller log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+}
+
+/// Counts the mutating calls of an adapter, so a test can say "this pass wrote nothing".
+struct Counted<T> {
+    inner: T,
+    writes: AtomicUsize,
+}
+
+impl<T> Counted<T> {
+    fn new(inner: T) -> Self {
+        Counted {
+            inner,
+            writes: AtomicUsize::new(0),
+        }
+    }
+    fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
+    }
+    fn count(&self) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl<T: ObjectStore> ObjectStore for Counted<T> {
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, CallError> {
+        self.inner.list(prefix).await
+    }
+    async fn any_under(&self, prefix: &str) -> Result<bool, CallError> {
+        self.inner.any_under(prefix).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Fetched>, CallError> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, body: &str) -> Result<String, CallError> {
+        self.count();
+        self.inner.put(key, body).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), CallError> {
+        self.count();
+        self.inner.delete(key).await
+    }
+}
+
+impl<T: StackService> StackService for Counted<T> {
+    async fn list(&self) -> Result<Vec<StackView>, CallError> {
+        self.inner.list().await
+    }
+    async fn describe(&self, name_or_id: &str) -> Result<Option<StackView>, CallError> {
+        self.inner.describe(name_or_id).await
+    }
+    async fn create(&self, spec: &StackSpec, template: &Template) -> Result<String, CallError> {
+        self.count();
+        self.inner.create(spec, template).await
+    }
+    async fn update(
+        &self,
+        spec: &StackSpec,
+        template: &Template,
+    ) -> Result<UpdateOutcome, CallError> {
+        self.count();
+        self.inner.update(spec, template).await
+    }
+    async fn delete(&self, id: &str, token: &str) -> Result<(), CallError> {
+        self.count();
+        self.inner.delete(id, token).await
+    }
+    async fn first_failure(&self, id: &str) -> Result<Option<String>, CallError> {
+        self.inner.first_failure(id).await
+    }
+    async fn template_parameters(
+        &self,
+        template: &Template,
+    ) -> Result<std::collections::BTreeMap<String, ParameterRule>, CallError> {
+        self.inner.template_parameters(template).await
+    }
+}
+
+/// The controller as a process, stopped with SIGTERM when dropped.
+struct Controller {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn start(site: &Site, args: &[&str]) -> Controller {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("flightdeck-controller")));
+        let child = flightdeck_command(site, args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting flightdeck");
+        Controller { child, log }
+    }
+
+    /// Sends SIGTERM and waits for the process to end; returns whether it exited cleanly.
+    fn stop(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("waiting for flightdeck");
+        status.success()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `flightdeck` binary of this build, run from the workspace root with the site's
+/// settings and the emulator's credentials.
+fn flightdeck_command(site: &Site, args: &[&str]) -> Command {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let bin = BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "flightdeck",
+                "--bin",
+                "flightdeck",
+            ])
+            .current_dir(root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building the flightdeck binary failed");
+        // This test runs from <target>/debug/deps/.
+        let exe = std::env::current_exe().unwrap();
+        exe.parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join("flightdeck")
+    });
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .current_dir(root())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE")
+        .envs(site.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    cmd
+}
+
+fn seed() -> String {
+    std::fs::read_to_string(root().join("examples/cluster.cf-create")).unwrap()
+}
+
+#[tokio::test]
+async fn the_seed_example_becomes_one_tagged_stack_and_a_delete_removes_it() {
+    let site = Site::new().await;
+    let controller = Controller::start(&site, &["run", "--config", "deploy/local/flightdeck.toml"]);
+    site.aws(
+        &[
+            "s3",
+            "cp",
+            &root()
+                .join("examples/cluster.cf-create")
+                .display()
+                .to_string(),
+            &format!("s3://{}/home/alice/x.cf-create", site.bucket),
+        ],
+        None,
+    );
+
+    let created = site.wait_for("alice/x.cf-created", &controller.log).await;
+    let ip: Ipv4Addr = created
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .expect("first line is an IPv4 address");
+    assert!(created.contains(&format!("ssh alice@{ip}")), "{created}");
+    assert_eq!(site.phase("alice/x.cf-status").await, "Ready");
+    let stacks = site.stacks().await;
+    assert_eq!(stacks.len(), 1, "exactly one stack: {stacks:?}");
+    let stack = &stacks[0];
+    assert_eq!(stack.name, site.stack_name("alice", "x"));
+    assert_eq!(stack.tags[TAG_USER], "alice");
+    assert_eq!(stack.tags[TAG_CLUSTER], "x");
+    assert_eq!(stack.parameters["AccessUsername"], "alice");
+    assert_eq!(stack.parameters["ComputeInstanceType"], "r4.large");
+
+    site.user_writes("alice/x.cf-delete", "");
+    site.wait_for("alice/x.cf-deleted", &controller.log).await;
+    assert!(site.stacks().await.is_empty(), "the stack is deleted");
+    assert_eq!(site.phase("alice/x.cf-status").await, "Deleted");
+    for gone in [
+        "alice/x.cf-create",
+        "alice/x.cf-delete",
+        "alice/x.cf-created",
+    ] {
+        assert!(site.read(gone).await.is_none(), "{gone} should be removed");
+    }
+    assert!(controller.stop(), "SIGTERM ends the controller cleanly");
+
+    let out = flightdeck_command(&site, &["plan", "--config", "deploy/local/flightdeck.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing to do");
+}
+
+#[tokio::test]
+async fn a_quiet_pass_writes_nothing() {
+    let site = Site::new().await;
+    let rec = site.reconciler().await;
+    site.user_writes("alice/x.cf-create", &seed());
+    site.user_writes("alice/bad.cf-create", "{ not json");
+    site.user_writes("alice/sub/y.cf-create", &seed());
+    rec.resync(false).await.unwrap();
+    rec.resync(false).await.unwrap();
+    assert_eq!(site.phase("alice/x.cf-status").await, "Ready");
+    let (s3, cfn) = (rec.cloud().store.writes(), rec.cloud().stacks.writes());
+    for _ in 0..2 {
+        let report = rec.resync(false).await.unwrap();
+        assert!(report.outcomes.values().all(|o| o.error.is_none()));
+    }
+    assert_eq!(
+        rec.cloud().store.writes(),
+        s3,
+        "no S3 write in a quiet pass"
+    );
+    assert_eq!(
+        rec.cloud().stacks.writes(),
+        cfn,
+        "no stack call in a quiet pass"
+    );
+}
+
+#[tokio::test]
+async fn users_never_reach_each_others_clusters() {
+    let site = Site::new().await;
+    let rec = site.reconciler().await;
+    site.user_writes("alice/x.cf-create", &seed());
+    rec.resync(false).await.unwrap();
+    let alice = site.stacks().await;
+    assert_eq!(alice.len(), 1);
+
+    // bob names alice's cluster in his own folder: he deletes nothing of hers.
+    site.user_writes("bob/x.cf-delete", "");
+    rec.resync(false).await.unwrap();
+    rec.resync(false).await.unwrap();
+    assert!(
+        site.read("bob/x.cf-deleted").await.is_some(),
+        "bob is told his (non-existent) x is deleted"
+    );
+    assert_eq!(site.stacks().await, alice, "alice's stack is untouched");
+
+    // Same cluster name, two users: two stacks.
+    site.user_writes("bob/x.cf-create", &seed().replace("\"25\"", "\"4\""));
+    rec.resync(false).await.unwrap();
+    rec.resync(false).await.unwrap();
+    let mut names: Vec<String> = site.stacks().await.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [site.stack_name("alice", "x"), site.stack_name("bob", "x")]
+    );
+    let alice_now = site
+        .stacks()
+        .await
+        .into_iter()
+        .find(|s| s.tags[TAG_USER] == "alice")
+        .unwrap();
+    assert_eq!(
+        alice_now.parameters, alice[0].parameters,
+        "bob's request did not alter alice's cluster"
+    );
+    assert_eq!(site.phase("alice/x.cf-status").await, "Ready");
+    assert_eq!(site.phase("bob/x.cf-status").await, "Ready");
+}
+
+#[tokio::test]
+async fn mistakes_are_explained_and_everyone_else_is_served() {
+    let site = Site::new().await;
+    let rec = site.reconciler().await;
+    let seed = seed();
+    site.user_writes("alice/good.cf-create", &seed);
+    site.user_writes(
+        "alice/claim.cf-create",
+        &seed.replace('{', "{\"AccessUsername\": \"bob\",\n"),
+    );
+    site.user_writes("alice/broken.cf-create", "{\"ComputeMaxNodes\": \"4\",,}");
+    site.user_writes(
+        "alice/typo.cf-create",
+        &seed.replace("ComputeMaxNodes", "ComputeMaxNode"),
+    );
+    site.user_writes("alice/my_cluster.cf-create", &seed);
+    site.user_writes("alice/sub/deep.cf-create", &seed);
+    site.user_writes("alice/suffix.cf_create", &seed);
+    site.user_writes("carol/x.cf-create", &seed);
+    rec.resync(false).await.unwrap();
+    rec.resync(false).await.unwrap();
+
+    for (file, says) in [
+        (
+            "alice/claim.cf-failed",
+            "`AccessUsername` is set by flightdeck to your user name",
+        ),
+        (
+            "alice/broken.cf-failed",
+            "the request is not valid JSON (line 1",
+        ),
+        (
+            "alice/typo.cf-failed",
+            "`ComputeMaxNode` is not a setting you can choose (did you mean `ComputeMaxNodes`?)",
+        ),
+        (
+            "alice/my_cluster.cf-create.cf-failed",
+            "`my_cluster` is not a valid cluster name",
+        ),
+        (
+            "alice/sub/deep.cf-create.cf-failed",
+            "move this file to `home/alice/deep.cf-create`",
+        ),
+        (
+            "alice/suffix.cf_create.cf-failed",
+            "name the file exactly `suffix.cf-create`",
+        ),
+        ("carol/x.cf-failed", "you are not enrolled"),
+    ] {
+        let body = site
+            .read(file)
+            .await
+            .unwrap_or_else(|| panic!("{file} missing"));
+        assert!(body.contains(says), "{file}: {body}");
+    }
+    let stacks = site.stacks().await;
+    assert_eq!(
+        stacks.len(),
+        1,
+        "only the good request made a stack: {stacks:?}"
+    );
+    assert_eq!(site.phase("alice/good.cf-status").await, "Ready");
+    assert_eq!(site.phase("carol/x.cf-status").await, "Failed");
+}
+
+#[tokio::test]
+async fn a_removed_request_deletes_its_stack_only_after_the_grace_period() {
+    let site = Site::new().await;
+    let rec = site.reconciler().await;
+    site.user_writes("alice/x.cf-create", &seed());
+    rec.resync(false).await.unwrap();
+    rec.resync(false).await.unwrap();
+    site.user_removes("alice/x.cf-create");
+    rec.resync(false).await.unwrap();
+    assert_eq!(site.stacks().await.len(), 1, "kept within the grace period");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    rec.resync(false).await.unwrap();
+    assert!(
+        site.stacks().await.is_empty(),
+        "deleted after the grace period"
+    );
+    rec.resync(false).await.unwrap();
+    assert!(site.read("alice/x.cf-deleted").await.is_some());
+    assert!(site.read("alice/x.cf-created").await.is_none());
+}
+
+#[tokio::test]
+async fn when_more_requests_vanish_than_the_cap_no_stack_is_deleted() {
+    let site = Site::new().await;
+    let rec = site.reconciler().await;
+    for c in ["a", "b", "c"] {
+        site.user_writes(&format!("alice/{c}.cf-create"), &seed());
+    }
+    rec.resync(false).await.unwrap();
+    assert_eq!(site.stacks().await.len(), 3);
+    for c in ["a", "b", "c"] {
+        site.user_removes(&format!("alice/{c}.cf-create"));
+    }
+    rec.resync(false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let report = rec.resync(false).await.unwrap();
+    assert_eq!(
+        report.held_back, 3,
+        "three orphans past grace, cap two: none deleted"
+    );
+    assert_eq!(site.stacks().await.len(), 3);
+    let status = site.read("alice/a.cf-status").await.unwrap();
+    assert!(status.contains("held back"), "{status}");
+}
+
+#[tokio::test]
+async fn a_bad_configuration_stops_start_up_naming_the_setting() {
+    let site = Site::new().await;
+    let mut bad = Site {
+        bucket: site.bucket.clone(),
+        env: site.env.clone(),
+    };
+    bad.env.push((
+        "FLIGHTDECK_RECONCILE_RESYNC_INTERVAL".into(),
+        "often".into(),
+    ));
+    let out = flightdeck_command(
+        &bad,
+        &["run", "--once", "--config", "deploy/local/flightdeck.toml"],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("setting `reconcile.resync_interval`: `often` is not a duration"),
+        "{err}"
+    );
+
+    let mut missing = Site {
+        bucket: site.bucket.clone(),
+        env: site.env.clone(),
+    };
+    missing.env.push((
+        "FLIGHTDECK_BUCKET_NAME".into(),
+        "no-such-bucket-here".into(),
+    ));
+    let out = flightdeck_command(
+        &missing,
+        &["run", "--once", "--config", "deploy/local/flightdeck.toml"],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("setting `bucket.name`: cannot list s3://no-such-bucket-here/home/"),
+        "{err}"
+    );
+}
