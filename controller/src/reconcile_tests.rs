@@ -420,3 +420,26 @@ async fn mistaken_requests_get_an_explanation_next_to_them() {
     );
     assert!(rec.cloud().stacks.mutations().is_empty());
 }
+
+#[tokio::test]
+async fn without_a_login_output_the_address_comes_from_the_login_instance() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false).await.unwrap();
+    let mut stack = rec.cloud().stacks.get("fd-alice-x").unwrap();
+    stack.outputs.clear();
+    rec.cloud().stacks.insert(stack);
+
+    let report = rec.resync(false).await.unwrap();
+    assert!(
+        report.outcomes.values().all(|o| o.soon),
+        "no address yet: look again soon"
+    );
+    assert!(text(&rec, "home/alice/x.cf-status").contains("waiting for the login address"));
+    assert!(rec.cloud().store.text("home/alice/x.cf-created").is_none());
+
+    *rec.cloud().instances.ip.lock().unwrap() = Some("192.0.2.10".into());
+    rec.resync(false).await.unwrap();
+    assert!(text(&rec, "home/alice/x.cf-created").starts_with("192.0.2.10\n"));
+    assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Ready");
+}
