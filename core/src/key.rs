@@ -225,6 +225,17 @@ pub enum Mistake {
     },
 }
 
+impl Mistake {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Mistake::Subfolder { .. } => "subfolder",
+            Mistake::ClusterName(_) => "cluster_name",
+            Mistake::Suffix { .. } => "suffix",
+        }
+    }
+}
+
 impl fmt::Display for Mistake {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

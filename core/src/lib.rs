@@ -8,8 +8,12 @@
 //! - [`requeue`]: backoff for a cluster whose reconcile failed.
 //! - [`orphan`]: when a stack whose request is gone may be deleted.
 //! - [`snapshot`]: one look at the world, grouped by cluster.
+//! - [`cost`]: what a cluster could cost per hour at full scale.
+//! - [`hint`]: S3 event notifications, reduced to the clusters they name.
 //! - [`plan`]: the reconcile table, `plan(observed) -> actions`.
 
+pub mod cost;
+pub mod hint;
 pub mod identity;
 pub mod key;
 pub mod orphan;

@@ -97,6 +97,9 @@ pub enum NoticeEvent {
 /// A notification to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
+    /// Identifies this notice: the same event of the same request gives the same id, so it
+    /// is delivered at most once, also across restarts.
+    pub id: String,
     /// What happened.
     pub event: NoticeEvent,
     /// To which cluster.
@@ -154,11 +157,22 @@ enum Want {
     Body(String),
 }
 
+/// What a row wants the status to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Report {
+    /// Leave it as it is.
+    Keep,
+    /// It should not exist.
+    Absent,
+    /// It should say this.
+    Set(ClusterStatus),
+}
+
 /// What one row of the table decides.
 #[derive(Debug)]
 struct Decision {
     stack: Option<Action>,
-    status: Want,
+    status: Report,
     created: Want,
     deleted: Want,
     failed: Want,
@@ -168,7 +182,7 @@ struct Decision {
 }
 
 impl Decision {
-    fn report(status: Want) -> Self {
+    fn report(status: Report) -> Self {
         Decision {
             stack: None,
             status,
@@ -198,8 +212,23 @@ enum Desire<'a> {
     Nothing,
 }
 
+/// A plan for one cluster: the actions, and the phase its status shows afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// What to do, in order.
+    pub actions: Vec<Action>,
+    /// The phase `.cf-status` shows once done; `None` when there is no cluster to speak of
+    /// or the status is left as it is.
+    pub phase: Option<Phase>,
+}
+
 /// The actions that bring one cluster closer to what its files ask for.
 pub fn plan(obs: &Observed, ctx: &Context<'_>) -> Vec<Action> {
+    plan_with_phase(obs, ctx).actions
+}
+
+/// [`plan`], with the phase the cluster's status shows afterwards.
+pub fn plan_with_phase(obs: &Observed, ctx: &Context<'_>) -> Planned {
     let stack = obs
         .stack
         .as_ref()
@@ -234,7 +263,14 @@ pub fn plan(obs: &Observed, ctx: &Context<'_>) -> Vec<Action> {
         },
     };
     let decision = decide(obs, ctx, &desire, stack);
-    render(obs, ctx, decision)
+    let phase = match &decision.status {
+        Report::Set(st) => Some(st.phase),
+        Report::Keep | Report::Absent => None,
+    };
+    Planned {
+        actions: render(obs, ctx, decision),
+        phase,
+    }
 }
 
 fn decide(
@@ -253,8 +289,8 @@ fn decide(
             created: Want::Absent,
             failed: Want::Absent,
             remove_requests: true,
-            notify: had(Suffix::Status).then(|| notice(NoticeEvent::Deleted, key, &name, "")),
-            ..Decision::report(Want::Body(deleted_status(key)))
+            notify: had(Suffix::Status).then(|| notice(obs, NoticeEvent::Deleted, &name, "")),
+            ..Decision::report(Report::Set(deleted_status(key)))
         },
         // .cf-delete present, stack deleting: wait.
         (Desire::Delete, Some((s, StackPhase::Deleting))) => Decision {
@@ -316,7 +352,7 @@ fn decide(
             ))
         },
         // A DELETE_COMPLETE stack is filtered out as no stack before this match.
-        (_, Some((_, StackPhase::Deleted))) => Decision::report(Want::Keep),
+        (_, Some((_, StackPhase::Deleted))) => Decision::report(Report::Keep),
         // Valid request, no stack: create it.
         (
             Desire::Exist {
@@ -341,7 +377,7 @@ fn decide(
                 deleted: Want::Absent,
                 failed: Want::Absent,
                 soon: true,
-                ..Decision::report(Want::Body(st.to_json()))
+                ..Decision::report(Report::Set(st))
             }
         }
         // Valid request, stack creating: wait.
@@ -381,7 +417,7 @@ fn decide(
         (
             Desire::Exist { request, etag, .. },
             Some((s, StackPhase::Stable | StackPhase::UpdateRolledBack)),
-        ) if tag_hash(s) == Some(request.hash.as_str()) => ready(key, s, etag),
+        ) if tag_hash(s) == Some(request.hash.as_str()) => ready(obs, s, etag),
         // Valid request changed after a failed update rolled back, not written since: report.
         (Desire::Exist { etag, modified, .. }, Some((s, StackPhase::UpdateRolledBack)))
             if *modified <= s.last_change =>
@@ -395,8 +431,8 @@ fn decide(
                     &reason,
                     "The cluster runs on its previous settings. Fix the request and write it again.",
                 )),
-                notify: Some(notice(NoticeEvent::Failed, key, &s.name, &reason)),
-                ..ready(key, s, etag)
+                notify: Some(notice(obs, NoticeEvent::Failed, &s.name, &reason)),
+                ..ready(obs, s, etag)
             }
         }
         // Valid request, stack running with another request: update in place, or refuse.
@@ -467,7 +503,7 @@ fn decide(
                     "Change the request (or write it again unchanged to retry); flightdeck will replace the failed stack.",
                 )),
                 created: Want::Absent,
-                notify: Some(notice(NoticeEvent::Failed, key, &s.name, &reason)),
+                notify: Some(notice(obs, NoticeEvent::Failed, &s.name, &reason)),
                 ..Decision::report(status(key, Phase::Failed, &reason, Some(s), Some(etag)))
             }
         }
@@ -493,7 +529,7 @@ fn decide(
             );
             Decision {
                 failed: Want::Body(failed_body(&reason, "")),
-                notify: Some(notice(NoticeEvent::Failed, key, &s.name, &reason)),
+                notify: Some(notice(obs, NoticeEvent::Failed, &s.name, &reason)),
                 ..Decision::report(status(key, Phase::Failed, &reason, Some(s), Some(etag)))
             }
         }
@@ -519,16 +555,16 @@ fn decide(
                     deleted: Want::Body(deleted_body(key)),
                     created: Want::Absent,
                     failed: Want::Absent,
-                    notify: Some(notice(NoticeEvent::Deleted, key, &name, "")),
-                    ..Decision::report(Want::Body(deleted_status(key)))
+                    notify: Some(notice(obs, NoticeEvent::Deleted, &name, "")),
+                    ..Decision::report(Report::Set(deleted_status(key)))
                 }
             } else {
                 Decision {
                     failed: Want::Absent,
                     ..Decision::report(if had(Suffix::Deleted) {
-                        Want::Body(deleted_status(key))
+                        Report::Set(deleted_status(key))
                     } else {
-                        Want::Absent
+                        Report::Absent
                     })
                 }
             }
@@ -555,7 +591,7 @@ fn orphan(key: &ClusterKey, s: &StackView, phase: StackPhase, verdict: OrphanVer
         Decision::report(status(key, running_phase(phase), &message, Some(s), None))
     };
     match verdict {
-        OrphanVerdict::NotJudged => Decision::report(Want::Keep),
+        OrphanVerdict::NotJudged => Decision::report(Report::Keep),
         OrphanVerdict::Delete if phase != StackPhase::Busy => Decision {
             stack: Some(delete_action(key, s)),
             soon: true,
@@ -585,7 +621,8 @@ fn orphan(key: &ClusterKey, s: &StackView, phase: StackPhase, verdict: OrphanVer
     }
 }
 
-fn ready(key: &ClusterKey, s: &StackView, etag: &str) -> Decision {
+fn ready(obs: &Observed, s: &StackView, etag: &str) -> Decision {
+    let key = &obs.key;
     match &s.login_ip {
         Some(ip) => {
             let mut st =
@@ -595,8 +632,8 @@ fn ready(key: &ClusterKey, s: &StackView, etag: &str) -> Decision {
                 created: Want::Body(created_body(key, ip, &s.name)),
                 deleted: Want::Absent,
                 failed: Want::Absent,
-                notify: Some(notice(NoticeEvent::Ready, key, &s.name, ip)),
-                ..Decision::report(Want::Body(st.to_json()))
+                notify: Some(notice(obs, NoticeEvent::Ready, &s.name, ip)),
+                ..Decision::report(Report::Set(st))
             }
         }
         None => Decision {
@@ -632,8 +669,30 @@ fn delete_action(key: &ClusterKey, s: &StackView) -> Action {
     }
 }
 
-fn notice(event: NoticeEvent, key: &ClusterKey, stack: &str, detail: &str) -> Notice {
+fn notice(obs: &Observed, event: NoticeEvent, stack: &str, detail: &str) -> Notice {
+    let key = &obs.key;
+    // The request this notice is about; once the request is gone, the markers that
+    // remember it.
+    let basis = match &obs.request {
+        RequestState::Valid { etag, .. } | RequestState::Invalid { etag, .. } => etag.as_str(),
+        RequestState::Absent => obs
+            .markers
+            .get(&Suffix::Created)
+            .or_else(|| obs.markers.get(&Suffix::Status))
+            .map_or("", String::as_str),
+    };
+    let id = crate::identity::hex_sha256(
+        format!(
+            "{}\u{0}{}\u{0}{event:?}\u{0}{}",
+            key.user,
+            key.cluster,
+            unquote(basis)
+        )
+        .as_bytes(),
+    )[..24]
+        .to_owned();
     Notice {
+        id,
         event,
         key: key.clone(),
         stack: stack.to_owned(),
@@ -651,10 +710,10 @@ fn status(
     message: &str,
     s: Option<&StackView>,
     etag: Option<&str>,
-) -> Want {
+) -> Report {
     let mut st = ClusterStatus::new(key, phase, message);
     fill(&mut st, s, etag);
-    Want::Body(st.to_json())
+    Report::Set(st)
 }
 
 fn fill(st: &mut ClusterStatus, s: Option<&StackView>, etag: Option<&str>) {
@@ -666,8 +725,8 @@ fn fill(st: &mut ClusterStatus, s: Option<&StackView>, etag: Option<&str>) {
     st.request_etag = etag.map(unquote);
 }
 
-fn deleted_status(key: &ClusterKey) -> String {
-    ClusterStatus::new(key, Phase::Deleted, "the cluster is deleted").to_json()
+fn deleted_status(key: &ClusterKey) -> ClusterStatus {
+    ClusterStatus::new(key, Phase::Deleted, "the cluster is deleted")
 }
 
 fn unquote(etag: &str) -> String {
@@ -686,11 +745,16 @@ pub fn holds(etag: &str, body: &str) -> bool {
 fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
     let mut actions: Vec<Action> = d.stack.into_iter().collect();
     let mut written = BTreeSet::new();
+    let status = match &d.status {
+        Report::Keep => Want::Keep,
+        Report::Absent => Want::Absent,
+        Report::Set(st) => Want::Body(st.to_json()),
+    };
     for (suffix, want) in [
         (Suffix::Failed, &d.failed),
         (Suffix::Created, &d.created),
         (Suffix::Deleted, &d.deleted),
-        (Suffix::Status, &d.status),
+        (Suffix::Status, &status),
     ] {
         let object = obs.key.object_key(ctx.home_prefix, suffix);
         let present = obs.markers.get(&suffix);

@@ -672,3 +672,56 @@ fn mistaken_requests_are_explained_once_and_tidied_when_gone() {
         vec![Action::Remove { key: key.clone() }]
     );
 }
+
+#[test]
+fn notice_ids_are_stable_per_request_and_event() {
+    let w = World::new();
+    let s = seed();
+    let id = |etag: &str, status: &str| {
+        let obs = Observed {
+            request: RequestState::Valid {
+                request: s.clone(),
+                etag: etag.into(),
+                modified: 100,
+            },
+            stack: Some(stack(status, &s)),
+            ..base()
+        };
+        plan(&obs, &w.ctx())
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Notify(n) => Some(n.id),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(
+        id("\"e1\"", "CREATE_COMPLETE"),
+        id("\"e1\"", "UPDATE_COMPLETE")
+    );
+    assert_ne!(
+        id("\"e1\"", "CREATE_COMPLETE"),
+        id("\"e2\"", "CREATE_COMPLETE")
+    );
+    assert_ne!(
+        id("\"e1\"", "CREATE_COMPLETE"),
+        id("\"e1\"", "CREATE_FAILED")
+    );
+}
+
+#[test]
+fn the_phase_is_reported_beside_the_actions() {
+    let w = World::new();
+    let s = seed();
+    let ready = plan_with_phase(
+        &Observed {
+            request: valid(s.clone()),
+            stack: Some(stack("CREATE_COMPLETE", &s)),
+            ..base()
+        },
+        &w.ctx(),
+    );
+    assert_eq!(ready.phase, Some(Phase::Ready));
+    let nothing = plan_with_phase(&base(), &w.ctx());
+    assert_eq!(nothing.phase, None);
+}

@@ -146,6 +146,7 @@ mod tests {
     #[test]
     fn ready_email_gives_the_ssh_line() {
         let notice = crate::plan::Notice {
+            id: "n1".into(),
             event: crate::plan::NoticeEvent::Ready,
             key: ClusterKey::new("alice", "x").unwrap(),
             stack: "fd-alice-x".into(),

@@ -207,6 +207,23 @@ pub enum RequestError {
     },
 }
 
+impl RequestError {
+    /// A short label for metrics, one per rule.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RequestError::TooLarge { .. } => "too_large",
+            RequestError::NotUtf8 { .. } => "not_utf8",
+            RequestError::Malformed { .. } => "malformed",
+            RequestError::NotAnObject { .. } => "not_an_object",
+            RequestError::Reserved { .. } => "reserved_key",
+            RequestError::UnknownKey { .. } => "unknown_key",
+            RequestError::ValueType { .. } => "value_type",
+            RequestError::Value { .. } => "value",
+            RequestError::Missing { .. } => "missing_key",
+        }
+    }
+}
+
 /// Parses and checks a request.
 ///
 /// # Errors
