@@ -10,15 +10,32 @@ use crate::aws::ec2::Ec2;
 use crate::aws::s3::S3Store;
 use crate::aws::ses::Ses;
 use crate::aws::{AwsSettings, load};
+use std::sync::Arc;
+
 use crate::config::Settings;
+use crate::instrument::Instrumented;
+use crate::metrics::Metrics;
 use crate::ports::{ErrorKind, InstanceLookup, Mailer, ObjectStore, StackService};
 use crate::reconcile::{Cloud, Reconciler};
 
-/// The reconciler on the real AWS adapters.
-pub type AwsReconciler = Reconciler<S3Store, CloudFormation, Ec2, Ses>;
+/// The reconciler on the real AWS adapters, every call counted.
+pub type AwsReconciler = Reconciler<
+    Instrumented<S3Store>,
+    Instrumented<CloudFormation>,
+    Instrumented<Ec2>,
+    Instrumented<Ses>,
+>;
 
-/// The real AWS adapters for `settings`.
-pub async fn aws_cloud(settings: &Settings) -> Cloud<S3Store, CloudFormation, Ec2, Ses> {
+/// The real adapters, every call counted.
+pub type AwsCloud = Cloud<
+    Instrumented<S3Store>,
+    Instrumented<CloudFormation>,
+    Instrumented<Ec2>,
+    Instrumented<Ses>,
+>;
+
+/// The real AWS adapters for `settings`, counting their calls into `metrics`.
+pub async fn aws_cloud(settings: &Settings, metrics: &Arc<Metrics>) -> AwsCloud {
     let aws = AwsSettings {
         region: settings.region.clone(),
         endpoint_url: settings.endpoint_url.clone(),
@@ -29,15 +46,16 @@ pub async fn aws_cloud(settings: &Settings) -> Cloud<S3Store, CloudFormation, Ec
         .enrolment
         .as_ref()
         .map_or(settings.bucket.clone(), |e| e.bucket.clone());
+    let counted = |inner| Instrumented::new(inner, metrics.clone());
     Cloud {
-        store: S3Store::new(&conf, settings.bucket.clone(), path_style),
-        customizer: S3Store::new(&conf, customizer_bucket, path_style),
-        stacks: CloudFormation::new(&conf),
-        instances: Ec2::new(&conf),
+        store: counted(S3Store::new(&conf, settings.bucket.clone(), path_style)),
+        customizer: counted(S3Store::new(&conf, customizer_bucket, path_style)),
+        stacks: Instrumented::new(CloudFormation::new(&conf), metrics.clone()),
+        instances: Instrumented::new(Ec2::new(&conf), metrics.clone()),
         mailer: settings
             .notify
             .as_ref()
-            .map(|n| Ses::new(&conf, n.from.clone())),
+            .map(|n| Instrumented::new(Ses::new(&conf, n.from.clone()), metrics.clone())),
     }
 }
 
@@ -45,9 +63,9 @@ pub async fn aws_cloud(settings: &Settings) -> Cloud<S3Store, CloudFormation, Ec
 ///
 /// # Errors
 /// As [`checked`].
-pub async fn connect(settings: Settings) -> anyhow::Result<AwsReconciler> {
-    let cloud = aws_cloud(&settings).await;
-    checked(cloud, settings).await
+pub async fn connect(settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<AwsReconciler> {
+    let cloud = aws_cloud(&settings, &metrics).await;
+    checked(cloud, settings, metrics).await
 }
 
 /// Checks the buckets and the template against `cloud`, derives the request rules from the
@@ -59,6 +77,7 @@ pub async fn connect(settings: Settings) -> anyhow::Result<AwsReconciler> {
 pub async fn checked<S, C, E, M>(
     cloud: Cloud<S, C, E, M>,
     settings: Settings,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<Reconciler<S, C, E, M>>
 where
     S: ObjectStore,
@@ -118,7 +137,11 @@ where
             settable.join(", ")
         );
     }
-    Ok(Reconciler::new(cloud, settings, rules))
+    let rec = Reconciler::new(cloud, settings, rules, metrics);
+    rec.load_delivered()
+        .await
+        .context("reading which notifications went out (bucket.controller_prefix)")?;
+    Ok(rec)
 }
 
 #[cfg(test)]
@@ -168,9 +191,11 @@ mod tests {
         cloud: Cloud<FakeStore, FakeStacks, FakeInstances, FakeMailer>,
         settings: Settings,
     ) -> String {
-        let result = tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(checked(cloud, settings));
+        let result = tokio::runtime::Runtime::new().unwrap().block_on(checked(
+            cloud,
+            settings,
+            Arc::new(Metrics::new(false)),
+        ));
         format!("{:#}", result.err().expect("start-up should fail"))
     }
 

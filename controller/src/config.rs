@@ -17,11 +17,24 @@ use crate::ports::Template;
 pub const MAX_TEMPLATE_BODY: usize = 51_200;
 
 /// Sections of the file, for the environment overrides.
-const SECTIONS: [&str; 5] = ["bucket", "stacks", "customizer", "reconcile", "notify"];
+const SECTIONS: [&str; 8] = [
+    "bucket",
+    "stacks",
+    "customizer",
+    "reconcile",
+    "notify",
+    "http",
+    "metrics",
+    "pricing",
+];
 /// Top-level keys, for the environment overrides.
 const TOP_LEVEL: [&str; 4] = ["instance", "region", "endpoint_url", "log_format"];
 /// `FLIGHTDECK_PARAMETER_<Name>` sets the fixed template parameter `<Name>`.
 const PARAMETER_ENV: &str = "PARAMETER_";
+/// The hint token, when not in a file (`http.hint_token_file`).
+pub const HINT_TOKEN_ENV: &str = "FLIGHTDECK_HINT_TOKEN";
+/// Shortest hint token accepted.
+const MIN_TOKEN_LEN: usize = 16;
 
 /// A configuration the controller cannot start with.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +100,47 @@ struct File {
     reconcile: ReconcileFile,
     #[serde(default)]
     notify: NotifyFile,
+    #[serde(default)]
+    http: HttpFile,
+    #[serde(default)]
+    metrics: MetricsFile,
+    #[serde(default)]
+    pricing: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default)]
+    hint_token_file: String,
+    #[serde(default = "default_max_hint_bytes")]
+    max_hint_bytes: usize,
+}
+
+impl Default for HttpFile {
+    fn default() -> Self {
+        HttpFile {
+            listen: default_listen(),
+            hint_token_file: String::new(),
+            max_hint_bytes: default_max_hint_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsFile {
+    #[serde(default)]
+    per_user: bool,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_max_hint_bytes() -> usize {
+    256 * 1024
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +233,10 @@ struct NotifyFile {
     from: String,
     #[serde(default)]
     operator: Vec<String>,
+    #[serde(default)]
+    users: BTreeMap<String, String>,
+    #[serde(default)]
+    user_domain: String,
 }
 
 fn default_home() -> String {
@@ -270,6 +328,44 @@ pub struct Notify {
     pub from: String,
     /// Operator addresses.
     pub operator: Vec<String>,
+    /// Users' own addresses, by user name.
+    pub users: BTreeMap<String, String>,
+    /// When set, a user without an entry in `users` gets `<user>@<domain>` (or their user
+    /// name itself when it is an address).
+    pub user_domain: Option<String>,
+}
+
+impl Notify {
+    /// Who hears about `user`'s cluster: the operators, and the user when an address is known.
+    pub fn recipients(&self, user: &str) -> Vec<String> {
+        let mut to = self.operator.clone();
+        let own = self.users.get(user).cloned().or_else(|| {
+            self.user_domain.as_ref().map(|d| {
+                if user.contains('@') {
+                    user.to_owned()
+                } else {
+                    format!("{user}@{d}")
+                }
+            })
+        });
+        if let Some(address) = own
+            && !to.contains(&address)
+        {
+            to.push(address);
+        }
+        to
+    }
+}
+
+/// The HTTP endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http {
+    /// Listen address.
+    pub listen: std::net::SocketAddr,
+    /// Bearer token for `POST /hints`; `None` turns hints off.
+    pub hint_token: Option<String>,
+    /// Largest hint body accepted.
+    pub max_hint_bytes: usize,
 }
 
 /// The validated settings the controller runs with.
@@ -313,6 +409,12 @@ pub struct Settings {
     pub concurrency: usize,
     /// Notifications, when enabled.
     pub notify: Option<Notify>,
+    /// The HTTP endpoint.
+    pub http: Http,
+    /// Per-user metric series.
+    pub per_user_metrics: bool,
+    /// On-demand prices in dollars per hour, for the cost estimate.
+    pub pricing: flightdeck_core::cost::PriceTable,
 }
 
 impl Settings {
@@ -336,6 +438,11 @@ impl Settings {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let env_token = env
+            .iter()
+            .find(|(k, _)| k == HINT_TOKEN_ENV)
+            .map(|(_, v)| v.clone());
         apply_env(&mut table, env)?;
         let file: File = table
             .try_into()
@@ -346,7 +453,7 @@ impl Settings {
                 format!("cannot read {}: {e}", file.stacks.template.display()),
             )
         })?;
-        validate(file, template_body)
+        validate(file, template_body, env_token)
     }
 }
 
@@ -400,7 +507,11 @@ fn env_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
-fn validate(file: File, template_body: String) -> Result<Settings, ConfigError> {
+fn validate(
+    file: File,
+    template_body: String,
+    env_token: Option<String>,
+) -> Result<Settings, ConfigError> {
     let identity = Identity::new(&file.stacks.prefix, &file.instance).map_err(|e| {
         let setting = match e {
             flightdeck_core::identity::IdentityError::Prefix(_) => "stacks.prefix",
@@ -517,13 +628,32 @@ fn validate(file: File, template_body: String) -> Result<Settings, ConfigError> 
                 format!("`{a}` is not an email address"),
             ));
         }
+        if let Some((user, a)) = file.notify.users.iter().find(|(_, a)| bad(a)) {
+            return Err(invalid(
+                "notify.users",
+                format!("`{a}` (for {user}) is not an email address"),
+            ));
+        }
         Some(Notify {
             from: file.notify.from,
             operator: file.notify.operator,
+            users: file.notify.users,
+            user_domain: Some(file.notify.user_domain).filter(|d| !d.is_empty()),
         })
     } else {
         None
     };
+    let http = http(file.http, env_token)?;
+    if let Some((ty, price)) = file
+        .pricing
+        .iter()
+        .find(|(_, p)| !p.is_finite() || **p < 0.0)
+    {
+        return Err(invalid(
+            "pricing",
+            format!("`{ty}` = {price} is not a price in dollars per hour"),
+        ));
+    }
     Ok(Settings {
         identity,
         region: file.region.filter(|r| !r.is_empty()),
@@ -551,6 +681,45 @@ fn validate(file: File, template_body: String) -> Result<Settings, ConfigError> 
         },
         concurrency: r.concurrency,
         notify,
+        http,
+        per_user_metrics: file.metrics.per_user,
+        pricing: file.pricing,
+    })
+}
+
+fn http(file: HttpFile, env_token: Option<String>) -> Result<Http, ConfigError> {
+    let listen = file.listen.parse().map_err(|_| {
+        invalid(
+            "http.listen",
+            format!("`{}` is not an address like 0.0.0.0:8080", file.listen),
+        )
+    })?;
+    let token = match (env_token, file.hint_token_file.trim()) {
+        (Some(token), _) => Some(token),
+        (None, "") => None,
+        (None, path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| invalid("http.hint_token_file", format!("cannot read {path}: {e}")))?,
+        ),
+    };
+    let token = token.map(|t| t.trim().to_owned());
+    if let Some(t) = &token
+        && t.len() < MIN_TOKEN_LEN
+    {
+        return Err(invalid(
+            "http.hint_token_file",
+            format!(
+                "the hint token ({HINT_TOKEN_ENV} or the file) must be at least {MIN_TOKEN_LEN} characters"
+            ),
+        ));
+    }
+    if file.max_hint_bytes < 1024 {
+        return Err(invalid("http.max_hint_bytes", "must be at least 1024"));
+    }
+    Ok(Http {
+        listen,
+        hint_token: token,
+        max_hint_bytes: file.max_hint_bytes,
     })
 }
 
@@ -744,6 +913,42 @@ bucket = "cust"
         )
         .unwrap_err();
         assert_eq!(setting_of(e), "stacks.template");
+    }
+
+    #[test]
+    fn hint_token_comes_from_the_environment_and_must_be_long_enough() {
+        let s = load(MINIMAL, &[("FLIGHTDECK_HINT_TOKEN", "0123456789abcdef")]).unwrap();
+        assert_eq!(s.http.hint_token.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(s.http.listen.to_string(), "0.0.0.0:8080");
+        assert!(load(MINIMAL, &[]).unwrap().http.hint_token.is_none());
+        let e = load(MINIMAL, &[("FLIGHTDECK_HINT_TOKEN", "short")]).unwrap_err();
+        assert_eq!(setting_of(e), "http.hint_token_file");
+        let e = load(MINIMAL, &[("FLIGHTDECK_HTTP_LISTEN", "everywhere")]).unwrap_err();
+        assert_eq!(setting_of(e), "http.listen");
+    }
+
+    #[test]
+    fn users_hear_about_their_clusters_when_an_address_is_known() {
+        let n = Notify {
+            from: "fd@example.org".into(),
+            operator: vec!["ops@example.org".into()],
+            users: BTreeMap::from([("alice".to_string(), "alice@uni.example".to_string())]),
+            user_domain: Some("example.org".into()),
+        };
+        assert_eq!(
+            n.recipients("alice"),
+            ["ops@example.org", "alice@uni.example"]
+        );
+        assert_eq!(n.recipients("bob"), ["ops@example.org", "bob@example.org"]);
+        assert_eq!(
+            n.recipients("carol@lab.example"),
+            ["ops@example.org", "carol@lab.example"]
+        );
+        let operators_only = Notify {
+            user_domain: None,
+            ..n
+        };
+        assert_eq!(operators_only.recipients("bob"), ["ops@example.org"]);
     }
 
     #[test]

@@ -7,7 +7,6 @@
 
 use flightdeck_core::key::ClusterKey;
 use flightdeck_core::plan::{Action, StackSpec};
-use flightdeck_core::report::notice_email;
 use tracing::{error, info, warn};
 
 use crate::ports::{
@@ -48,23 +47,30 @@ where
                     token,
                 } => self.delete(owner, name, id, token).await.map(|()| Flow::Go),
                 Action::Notify(notice) => {
-                    self.notify(notice).await;
-                    Ok(Flow::Go)
+                    self.deliver(notice).await;
+                    continue;
                 }
                 Action::Put { .. } | Action::Remove { .. } => {
                     self.execute_write(action).await.map(|()| Flow::Go)
                 }
-                Action::LookAgainSoon => Ok(Flow::Go),
+                Action::LookAgainSoon => continue,
             };
+            let kind = action_label(action);
             match result {
-                Ok(Flow::Go) => {}
+                Ok(Flow::Go) => {
+                    if !matches!(action, Action::Put { .. } | Action::Remove { .. }) {
+                        self.metrics.action(kind, "ok");
+                    }
+                }
                 Ok(Flow::Replan) => {
                     // The request was refused by a call: the rest of this plan assumed it was
                     // not. The next look plans again and reports the refusal.
+                    self.metrics.action(kind, "refused");
                     outcome.soon = true;
                     break;
                 }
                 Err(e) => {
+                    self.metrics.action(kind, "error");
                     warn!(user = %key.user, cluster = %key.cluster, error = %e, "reconcile stopped; will retry");
                     outcome.error = Some(e);
                     break;
@@ -75,20 +81,22 @@ where
         outcome
     }
 
-    /// Carries out a `Put` or a `Remove`.
+    /// Carries out a `Put` or a `Remove`, and counts it.
     pub(crate) async fn execute_write(&self, action: &Action) -> Result<(), CallError> {
-        match action {
-            Action::Put { key, body } => {
-                self.cloud.store.put(key, body).await?;
+        let result = match action {
+            Action::Put { key, body } => self.cloud.store.put(key, body).await.map(|_| {
                 info!(object = %key, "wrote");
-            }
-            Action::Remove { key } => {
-                self.cloud.store.delete(key).await?;
+            }),
+            Action::Remove { key } => self.cloud.store.delete(key).await.map(|()| {
                 info!(object = %key, "removed");
-            }
-            _ => {}
-        }
-        Ok(())
+            }),
+            _ => return Ok(()),
+        };
+        self.metrics.action(
+            action_label(action),
+            if result.is_ok() { "ok" } else { "error" },
+        );
+        result
     }
 
     async fn create(&self, key: &ClusterKey, spec: &StackSpec) -> Result<Flow, CallError> {
@@ -115,6 +123,7 @@ where
                         error!(stack = %spec.name, user = %key.user, "stack name taken by a stack flightdeck does not manage; not touching it");
                         Ok(self.refuse(
                             key,
+                            "name_taken",
                             format!(
                                 "a stack named {} already exists and is not managed by flightdeck for you; ask your HPC administrators, or choose another cluster name",
                                 spec.name
@@ -125,6 +134,7 @@ where
             }
             Err(e) if e.kind == ErrorKind::Invalid => Ok(self.refuse(
                 key,
+                "cloudformation",
                 format!("CloudFormation refused the request: {}", e.message),
             )),
             Err(e) => Err(e),
@@ -148,6 +158,7 @@ where
             }
             Err(e) if e.kind == ErrorKind::Invalid => Ok(self.refuse(
                 key,
+                "cloudformation",
                 format!("CloudFormation refused the change: {}", e.message),
             )),
             Err(e) => Err(e),
@@ -179,25 +190,22 @@ where
 
     /// A refusal only a call could reveal: remembered against the request, so that the next
     /// look reports it like any other refusal and it is not sent again until the file changes.
-    fn refuse(&self, key: &ClusterKey, reason: String) -> Flow {
-        warn!(user = %key.user, cluster = %key.cluster, %reason, "request refused");
+    fn refuse(&self, key: &ClusterKey, rule: &'static str, reason: String) -> Flow {
+        self.metrics.refused(key, rule, &reason);
         self.refuse_request(key, reason);
         Flow::Replan
     }
+}
 
-    /// Sends a notice; a failure is logged and never blocks reconciliation.
-    async fn notify(&self, notice: &flightdeck_core::plan::Notice) {
-        let (Some(mailer), Some(notify)) = (&self.cloud.mailer, &self.settings.notify) else {
-            return;
-        };
-        let (subject, body) = notice_email(notice);
-        match mailer.send(&notify.operator, &subject, &body).await {
-            Ok(()) => {
-                info!(user = %notice.key.user, cluster = %notice.key.cluster, event = ?notice.event, "notified")
-            }
-            Err(e) => {
-                warn!(user = %notice.key.user, cluster = %notice.key.cluster, error = %e, "notification not sent")
-            }
-        }
+/// The metric label of an action.
+fn action_label(action: &Action) -> &'static str {
+    match action {
+        Action::CreateStack(_) => "create_stack",
+        Action::UpdateStack(_) => "update_stack",
+        Action::DeleteStack { .. } => "delete_stack",
+        Action::Put { .. } => "put",
+        Action::Remove { .. } => "remove",
+        Action::Notify(_) => "notify",
+        Action::LookAgainSoon => "look_again",
     }
 }

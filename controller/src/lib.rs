@@ -5,7 +5,10 @@
 //! - [`config`]: the operator's settings, validated.
 //! - [`ports`]: one trait per AWS service, returning our types; [`aws`] implements them,
 //!   [`fake`] fakes them for tests.
-//! - [`reconcile`]: observe and plan; [`execute`] carries plans out; [`run`] is the loop.
+//! - [`reconcile`]: observe and plan; [`execute`] carries plans out; [`notify`] delivers
+//!   notices; [`run`] is the loop, with the [`queue`] its workers take clusters from.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `POST /hints`; [`metrics`] and
+//!   [`instrument`] count what happens.
 //! - [`app`]: start-up on the real adapters.
 
 pub mod app;
@@ -13,6 +16,11 @@ pub mod aws;
 pub mod config;
 pub mod execute;
 pub mod fake;
+pub mod http;
+pub mod instrument;
+pub mod metrics;
+pub mod notify;
 pub mod ports;
+pub mod queue;
 pub mod reconcile;
 pub mod run;

@@ -5,8 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+use std::time::Duration;
+
 use flightdeck::app::connect;
 use flightdeck::config::{LogFormat, Settings};
+use flightdeck::http::{Endpoint, Health, serve};
+use flightdeck::metrics::Metrics;
+use flightdeck::queue::WorkQueue;
 use flightdeck::run::run;
 use flightdeck_core::plan::Action;
 use tracing_subscriber::EnvFilter;
@@ -53,16 +59,59 @@ impl Command {
     async fn execute(self) -> anyhow::Result<()> {
         match self {
             Command::Run { config, once } => {
-                let rec = connect(load(&config)?).await?;
-                run(&rec, once, shutdown_signal())
+                let settings = load(&config)?;
+                let metrics = Arc::new(Metrics::new(settings.per_user_metrics));
+                let listen = settings.http.listen;
+                let listener = tokio::net::TcpListener::bind(listen)
                     .await
-                    .context("resync failed")?;
+                    .with_context(|| format!("setting `http.listen`: cannot listen on {listen}"))?;
+                let rec = Arc::new(connect(settings, metrics.clone()).await?);
+                let settings = rec.settings();
+                let queue = Arc::new(WorkQueue::new(metrics.clone()));
+                let health = Arc::new(Health::new(
+                    settings.resync_interval * 3 + Duration::from_secs(60),
+                ));
+                let endpoint = Arc::new(Endpoint {
+                    metrics,
+                    health: health.clone(),
+                    queue: queue.clone(),
+                    hint_token: settings.http.hint_token.clone(),
+                    max_hint_bytes: settings.http.max_hint_bytes,
+                    bucket: settings.bucket.clone(),
+                    home_prefix: settings.home_prefix.clone(),
+                });
+                if endpoint.hint_token.is_none() {
+                    tracing::info!(
+                        "hints are off: set FLIGHTDECK_HINT_TOKEN or http.hint_token_file to turn them on"
+                    );
+                }
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let until_stopped = move || {
+                    let mut rx = stopped.clone();
+                    async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    }
+                };
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    let _ = stop.send(true);
+                });
+                tracing::info!(%listen, "serving /metrics, /healthz, /readyz and /hints");
+                let server = tokio::spawn(serve(listener, endpoint, until_stopped()));
+                let result = run(rec, queue, health, once, until_stopped()).await;
+                if once {
+                    server.abort();
+                } else {
+                    let _ = server.await;
+                }
+                result.context("resync failed")?;
                 Ok(())
             }
             Command::Plan { config } => {
-                let rec = connect(load(&config)?).await?;
+                let settings = load(&config)?;
+                let rec = connect(settings, Arc::new(Metrics::new(false))).await?;
                 let report = rec
-                    .resync(true)
+                    .resync(true, None)
                     .await
                     .context("listing failed; nothing planned")?;
                 let mut any = false;

@@ -2,20 +2,26 @@
 //! single-key look (a requeue, later a hint) reads only that cluster's objects and stack.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use flightdeck_core::cost::hourly_at_full_scale;
 use flightdeck_core::key::{ClusterKey, Suffix};
 use flightdeck_core::orphan::{OrphanTracker, OrphanVerdict};
-use flightdeck_core::plan::{Action, Context, Observed, RequestState, plan, plan_mistakes};
+use flightdeck_core::plan::{
+    Action, Context, Observed, RequestState, plan_mistakes, plan_with_phase,
+};
+use flightdeck_core::report::Phase;
 use flightdeck_core::request::{MAX_REQUEST_BYTES, RequestError, RequestRules, parse_request};
 use flightdeck_core::snapshot::{ClusterFiles, Snapshot};
 use flightdeck_core::stack::{StackPhase, StackView};
 use futures::StreamExt;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::config::Settings;
+use crate::metrics::{Metrics, PassSummary, phase_label};
 use crate::ports::{CallError, InstanceLookup, Mailer, ObjectStore, StackService};
+use crate::queue::WorkQueue;
 
 /// The services the reconciler talks to.
 pub struct Cloud<S, C, E, M> {
@@ -32,7 +38,7 @@ pub struct Cloud<S, C, E, M> {
 }
 
 /// What one cluster's reconcile came to.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct KeyOutcome {
     /// Actions planned.
     pub actions: Vec<Action>,
@@ -40,6 +46,12 @@ pub struct KeyOutcome {
     pub soon: bool,
     /// The error that stopped it, if any (the key is requeued with backoff).
     pub error: Option<CallError>,
+    /// The phase its status shows, when it has one.
+    pub phase: Option<Phase>,
+    /// Estimated dollars per hour at full scale, when the prices are known.
+    pub cost: Option<f64>,
+    /// Its ComputeMaxNodes, when known.
+    pub max_nodes: Option<i64>,
 }
 
 /// What one full resync came to.
@@ -60,6 +72,8 @@ pub struct PassReport {
 struct CachedRequest {
     etag: String,
     state: RequestState,
+    /// The refusal for enrolment was counted already.
+    counted_enrolment: bool,
 }
 
 /// Details of a stack that cost extra calls, by stack id and last change.
@@ -75,6 +89,10 @@ pub struct Reconciler<S, C, E, M> {
     pub(crate) cloud: Cloud<S, C, E, M>,
     pub(crate) settings: Settings,
     pub(crate) rules: RequestRules,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) delivered: Mutex<BTreeSet<String>>,
+    /// The outbox may hold notices to send (true at start-up: unknown).
+    pub(crate) outbox_pending: std::sync::atomic::AtomicBool,
     requests: Mutex<HashMap<String, CachedRequest>>,
     details: Mutex<HashMap<(String, i64), StackDetails>>,
     orphans: Mutex<OrphanTracker>,
@@ -89,11 +107,19 @@ where
     M: Mailer,
 {
     /// A reconciler over `cloud` with validated settings and the template's rules.
-    pub fn new(cloud: Cloud<S, C, E, M>, settings: Settings, rules: RequestRules) -> Self {
+    pub fn new(
+        cloud: Cloud<S, C, E, M>,
+        settings: Settings,
+        rules: RequestRules,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Reconciler {
             cloud,
             settings,
             rules,
+            metrics,
+            delivered: Mutex::default(),
+            outbox_pending: std::sync::atomic::AtomicBool::new(true),
             requests: Mutex::default(),
             details: Mutex::default(),
             orphans: Mutex::default(),
@@ -111,6 +137,11 @@ where
         &self.cloud
     }
 
+    /// Its metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub(crate) fn context(&self) -> Context<'_> {
         Context {
             identity: &self.settings.identity,
@@ -124,9 +155,16 @@ where
     /// (unless `dry_run`) execute every cluster, `concurrency` at a time. A failed listing
     /// ends the pass before anything is planned, and restarts every orphan's grace.
     ///
+    /// With a `queue`, a cluster a worker is processing, or that is queued for a fresh
+    /// look, is left to the worker: a cluster is never processed twice at once.
+    ///
     /// # Errors
     /// The listing call that failed.
-    pub async fn resync(&self, dry_run: bool) -> Result<PassReport, CallError> {
+    pub async fn resync(
+        &self,
+        dry_run: bool,
+        queue: Option<&WorkQueue>,
+    ) -> Result<PassReport, CallError> {
         let start = Instant::now();
         let listings = async {
             let objects = self.cloud.store.list(&self.settings.home_prefix).await?;
@@ -178,27 +216,54 @@ where
                     .copied()
                     .unwrap_or(OrphanVerdict::NotJudged);
                 async move {
+                    if let Some(q) = queue
+                        && !q.try_claim(&key)
+                    {
+                        return (key, None);
+                    }
                     let outcome = self.reconcile(&key, files, stack, verdict, dry_run).await;
-                    (key, outcome)
+                    if let Some(q) = queue {
+                        q.done(&key);
+                    }
+                    (key, Some(outcome))
                 }
             })
             .buffer_unordered(self.settings.concurrency)
+            .filter_map(|(key, outcome)| async move { outcome.map(|o| (key, o)) })
             .collect()
             .await;
         let mistake_actions = plan_mistakes(&snap.mistaken, &snap.reports);
         if !dry_run {
             for action in &mistake_actions {
+                if let Action::Put { key, .. } = action
+                    && let Some(source) = key.strip_suffix(".cf-failed")
+                    && let Some(mistake) = snap.mistaken.get(source)
+                {
+                    self.metrics.mistake(source, mistake.kind());
+                }
                 if let Err(e) = self.execute_write(action).await {
                     warn!(error = %e, "could not write the explanation of a mistaken request");
                 }
             }
+            self.retry_outbox().await;
         }
-        Ok(PassReport {
+        let orphans_pending = judgement
+            .verdicts
+            .values()
+            .filter(|v| !matches!(v, OrphanVerdict::Delete | OrphanVerdict::NotJudged))
+            .count();
+        let report = PassReport {
             outcomes,
             mistake_actions,
             held_back: judgement.held_back,
             elapsed: start.elapsed(),
-        })
+        };
+        if !dry_run {
+            let summary = summarize(&report, orphans_pending, self.metrics.per_user());
+            self.metrics
+                .resync_done(report.elapsed.as_secs_f64(), &summary);
+        }
+        Ok(report)
     }
 
     /// Looks at one cluster only: its objects (one listing of its prefix) and its stack
@@ -248,16 +313,29 @@ where
                 };
             }
         };
-        let actions = plan(&observed, &self.context());
+        let planned = plan_with_phase(&observed, &self.context());
+        let parameters = match (&observed.request, &observed.stack) {
+            (RequestState::Valid { request, .. }, _) => Some(&request.parameters),
+            (_, Some(s)) => Some(&s.parameters),
+            _ => None,
+        };
+        let costs = |outcome: KeyOutcome| KeyOutcome {
+            phase: planned.phase,
+            cost: parameters.and_then(|p| hourly_at_full_scale(p, &self.settings.pricing)),
+            max_nodes: parameters
+                .and_then(|p| p.get("ComputeMaxNodes"))
+                .and_then(|n| n.parse().ok()),
+            ..outcome
+        };
         if dry_run {
-            let soon = actions.contains(&Action::LookAgainSoon);
-            return KeyOutcome {
-                actions,
+            let soon = planned.actions.contains(&Action::LookAgainSoon);
+            return costs(KeyOutcome {
+                actions: planned.actions.clone(),
                 soon,
-                error: None,
-            };
+                ..KeyOutcome::default()
+            });
         }
-        self.execute(key, actions).await
+        costs(self.execute(key, planned.actions.clone()).await)
     }
 
     async fn observe(
@@ -282,6 +360,16 @@ where
             }
             _ => true,
         };
+        if !enrolled && let Some(meta) = &files.create {
+            let first = self
+                .lock_requests()
+                .get_mut(&meta.key)
+                .is_some_and(|c| !std::mem::replace(&mut c.counted_enrolment, true));
+            if first {
+                self.metrics
+                    .refused(key, "not_enrolled", "the user is not enrolled");
+            }
+        }
         let stack = match stack {
             Some(s) => Some(self.with_details(s).await?),
             None => None,
@@ -314,6 +402,8 @@ where
             let reason = RequestError::TooLarge {
                 size: usize::try_from(meta.size).unwrap_or(usize::MAX),
             };
+            self.metrics
+                .refused(key, reason.kind(), &reason.to_string());
             (
                 meta.etag.clone(),
                 RequestState::Invalid {
@@ -332,7 +422,7 @@ where
                             modified: fetched.modified,
                         },
                         Err(e) => {
-                            info!(user = %key.user, cluster = %key.cluster, reason = %e, "request refused");
+                            self.metrics.refused(key, e.kind(), &e.to_string());
                             RequestState::Invalid {
                                 reason: e.to_string(),
                                 etag: fetched.etag.clone(),
@@ -348,6 +438,7 @@ where
             CachedRequest {
                 etag,
                 state: state.clone(),
+                counted_enrolment: false,
             },
         );
         Ok(state)
@@ -436,6 +527,32 @@ where
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// The gauges' view of a pass: clusters and cost by phase, and per user.
+fn summarize(report: &PassReport, orphans_pending: usize, per_user: bool) -> PassSummary {
+    let mut summary = PassSummary {
+        orphans_pending: i64::try_from(orphans_pending).unwrap_or(i64::MAX),
+        held_back: i64::try_from(report.held_back).unwrap_or(i64::MAX),
+        ..PassSummary::default()
+    };
+    for (key, outcome) in &report.outcomes {
+        let Some(phase) = outcome.phase else { continue };
+        let label = phase_label(phase);
+        *summary.phases.entry(label).or_default() += 1;
+        let running = !matches!(phase, Phase::Deleted | Phase::Failed);
+        if running && let Some(cost) = outcome.cost {
+            *summary.cost.entry(label).or_default() += cost;
+        }
+        if per_user {
+            let (phases, nodes) = summary.users.entry(key.user.clone()).or_default();
+            *phases.entry(label).or_default() += 1;
+            if running {
+                *nodes += outcome.max_nodes.unwrap_or(0);
+            }
+        }
+    }
+    summary
 }
 
 #[cfg(test)]

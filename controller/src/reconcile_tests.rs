@@ -63,7 +63,16 @@ fn settings(grace: Duration, max_deletes: usize) -> Settings {
         notify: Some(Notify {
             from: "fd@example.org".into(),
             operator: vec!["ops@example.org".into()],
+            users: BTreeMap::new(),
+            user_domain: None,
         }),
+        http: crate::config::Http {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            hint_token: None,
+            max_hint_bytes: 4096,
+        },
+        per_user_metrics: false,
+        pricing: BTreeMap::from([("r4.large".to_string(), 0.133)]),
     }
 }
 
@@ -88,7 +97,12 @@ fn rec_with(settings: Settings) -> Rec {
             "ssh-ed25519 AAAA",
         );
     }
-    Reconciler::new(cloud, settings, rules)
+    Reconciler::new(
+        cloud,
+        settings,
+        rules,
+        std::sync::Arc::new(crate::metrics::Metrics::new(false)),
+    )
 }
 
 fn rec() -> Rec {
@@ -111,9 +125,9 @@ fn phase(rec: &Rec, key: &str) -> String {
 async fn request_becomes_a_ready_cluster_and_a_quiet_pass_writes_and_fetches_nothing() {
     let rec = rec();
     rec.cloud().store.insert("home/alice/x.cf-create", SEED);
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert_eq!(rec.cloud().stacks.names(), ["fd-alice-x"]);
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     let created = text(&rec, "home/alice/x.cf-created");
     assert!(created.starts_with("198.51.100."), "{created}");
     assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Ready");
@@ -124,7 +138,7 @@ async fn request_becomes_a_ready_cluster_and_a_quiet_pass_writes_and_fetches_not
 
     rec.cloud().store.clear_calls();
     let before = rec.cloud().stacks.mutations().len();
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert_eq!(
         rec.cloud().store.calls(),
         ["ListObjectsV2 home/"],
@@ -143,7 +157,7 @@ async fn a_stack_in_progress_is_looked_at_again_by_key_until_ready() {
     let rec = rec();
     *rec.cloud().stacks.create_status.lock().unwrap() = "CREATE_IN_PROGRESS".into();
     rec.cloud().store.insert("home/alice/x.cf-create", SEED);
-    let report = rec.resync(false).await.unwrap();
+    let report = rec.resync(false, None).await.unwrap();
     let key = ClusterKey::new("alice", "x").unwrap();
     assert!(report.outcomes[&key].soon);
     let outcome = rec.reconcile_key(&key).await;
@@ -170,9 +184,9 @@ async fn a_failed_create_is_reported_with_the_event_reason_and_not_retried() {
     *rec.cloud().stacks.failure.lock().unwrap() =
         Some("Master: We currently do not have sufficient r4.large capacity".into());
     rec.cloud().store.insert("home/alice/x.cf-create", SEED);
-    rec.resync(false).await.unwrap();
-    rec.resync(false).await.unwrap();
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     let failed = text(&rec, "home/alice/x.cf-failed");
     assert!(failed.contains("sufficient r4.large capacity"), "{failed}");
     assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Failed");
@@ -187,9 +201,9 @@ async fn a_failed_create_is_reported_with_the_event_reason_and_not_retried() {
     rec.cloud()
         .store
         .insert("home/alice/x.cf-create", SEED.replace("\"25\"", "\"20\""));
-    rec.resync(false).await.unwrap();
-    rec.resync(false).await.unwrap();
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Ready");
     assert!(rec.cloud().store.text("home/alice/x.cf-failed").is_none());
 }
@@ -202,7 +216,7 @@ async fn one_keys_failure_never_stops_the_others() {
     rec.cloud()
         .stacks
         .fail("CreateStack", ErrorKind::Throttled, 1);
-    let report = rec.resync(false).await.unwrap();
+    let report = rec.resync(false, None).await.unwrap();
     let errors: Vec<_> = report
         .outcomes
         .iter()
@@ -214,7 +228,7 @@ async fn one_keys_failure_never_stops_the_others() {
         1,
         "the other key went ahead"
     );
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert_eq!(rec.cloud().stacks.names(), ["fd-alice-x", "fd-bob-y"]);
 }
 
@@ -222,22 +236,22 @@ async fn one_keys_failure_never_stops_the_others() {
 async fn a_failed_listing_plans_nothing_and_restarts_orphan_grace() {
     let rec = rec_with(settings(Duration::from_secs(1), 5));
     rec.cloud().store.insert("home/alice/x.cf-create", SEED);
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     rec.cloud().store.remove("home/alice/x.cf-create");
-    rec.resync(false).await.unwrap(); // orphan first seen
+    rec.resync(false, None).await.unwrap(); // orphan first seen
     tokio::time::sleep(Duration::from_millis(1100)).await;
     rec.cloud()
         .store
         .fail("ListObjectsV2", ErrorKind::Transient, 1);
-    assert!(rec.resync(false).await.is_err());
-    rec.resync(false).await.unwrap(); // seen again: grace starts over
+    assert!(rec.resync(false, None).await.is_err());
+    rec.resync(false, None).await.unwrap(); // seen again: grace starts over
     assert_eq!(
         rec.cloud().stacks.names(),
         ["fd-alice-x"],
         "no delete right after a failed listing"
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert!(
         rec.cloud().stacks.names().is_empty(),
         "deleted after a full grace of complete listings"
@@ -252,15 +266,15 @@ async fn when_every_request_vanishes_no_orphan_is_deleted() {
             .store
             .insert(&format!("home/alice/{c}.cf-create"), SEED);
     }
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     for c in ["a", "b", "c"] {
         rec.cloud()
             .store
             .remove(&format!("home/alice/{c}.cf-create"));
     }
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let report = rec.resync(false).await.unwrap();
+    let report = rec.resync(false, None).await.unwrap();
     assert_eq!(report.held_back, 3);
     assert_eq!(rec.cloud().stacks.names().len(), 3);
     assert!(
@@ -277,7 +291,7 @@ async fn when_every_request_vanishes_no_orphan_is_deleted() {
 async fn a_hint_or_requeue_never_deletes_an_orphan() {
     let rec = rec_with(settings(Duration::from_secs(1), 5));
     rec.cloud().store.insert("home/alice/x.cf-create", SEED);
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     rec.cloud().store.remove("home/alice/x.cf-create");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     rec.reconcile_key(&ClusterKey::new("alice", "x").unwrap())
@@ -299,9 +313,9 @@ async fn stacks_of_another_install_are_never_touched() {
         ..StackView::default()
     });
     rec.cloud().store.insert("home/alice/x.cf-delete", "");
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert!(
         rec.cloud().stacks.mutations().is_empty(),
         "{:?}",
@@ -311,8 +325,8 @@ async fn stacks_of_another_install_are_never_touched() {
     // Asking to create under the taken name reports it instead.
     rec.cloud().store.remove("home/alice/x.cf-delete");
     rec.cloud().store.insert("home/alice/x.cf-create", SEED);
-    rec.resync(false).await.unwrap();
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     let failed = text(&rec, "home/alice/x.cf-failed");
     assert!(
         failed.contains("already exists and is not managed by flightdeck"),
@@ -328,7 +342,7 @@ async fn stacks_of_another_install_are_never_touched() {
 async fn the_executor_rechecks_tags_before_deleting() {
     let rec = rec();
     rec.cloud().store.insert("home/alice/x.cf-create", SEED);
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     let stack = rec.cloud().stacks.get("fd-alice-x").unwrap();
     let action = flightdeck_core::plan::Action::DeleteStack {
         key: ClusterKey::new("bob", "x").unwrap(),
@@ -353,9 +367,9 @@ async fn cloudformation_refusing_a_request_is_reported_and_not_sent_again() {
     rec.cloud()
         .stacks
         .fail("CreateStack", ErrorKind::Invalid, u32::MAX);
-    rec.resync(false).await.unwrap();
-    rec.resync(false).await.unwrap();
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert!(text(&rec, "home/alice/x.cf-failed").contains("CloudFormation refused the request"));
     assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Failed");
     let creates = rec
@@ -373,8 +387,8 @@ async fn a_failed_email_never_blocks_reconciliation() {
     let rec = rec();
     rec.cloud().mailer.as_ref().unwrap().fail(10);
     rec.cloud().store.insert("home/alice/x.cf-create", SEED);
-    rec.resync(false).await.unwrap();
-    let report = rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    let report = rec.resync(false, None).await.unwrap();
     assert!(report.outcomes.values().all(|o| o.error.is_none()));
     assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Ready");
 }
@@ -383,7 +397,7 @@ async fn a_failed_email_never_blocks_reconciliation() {
 async fn unenrolled_user_is_told_and_nothing_is_created() {
     let rec = rec();
     rec.cloud().store.insert("home/carol/x.cf-create", SEED);
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert!(text(&rec, "home/carol/x.cf-failed").contains("not enrolled"));
     assert!(rec.cloud().stacks.mutations().is_empty());
 }
@@ -394,7 +408,7 @@ async fn dry_run_plans_without_writing() {
     rec.cloud().store.insert("home/alice/x.cf-create", SEED);
     rec.cloud().store.insert("home/alice/sub/y.cf-create", SEED);
     rec.cloud().store.clear_calls();
-    let report = rec.resync(true).await.unwrap();
+    let report = rec.resync(true, None).await.unwrap();
     assert!(!report.outcomes.is_empty() && !report.mistake_actions.is_empty());
     assert!(rec.cloud().store.writes().is_empty());
     assert!(rec.cloud().stacks.mutations().is_empty());
@@ -407,11 +421,11 @@ async fn mistaken_requests_get_an_explanation_next_to_them() {
     rec.cloud()
         .store
         .insert("home/alice/my_cluster.cf-create", SEED);
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert!(text(&rec, "home/alice/sub/y.cf-create.cf-failed").contains("home/alice/y.cf-create"));
     assert!(text(&rec, "home/alice/my_cluster.cf-create.cf-failed").contains("my-cluster"));
     rec.cloud().store.remove("home/alice/sub/y.cf-create");
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert!(
         rec.cloud()
             .store
@@ -425,12 +439,12 @@ async fn mistaken_requests_get_an_explanation_next_to_them() {
 async fn without_a_login_output_the_address_comes_from_the_login_instance() {
     let rec = rec();
     rec.cloud().store.insert("home/alice/x.cf-create", SEED);
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     let mut stack = rec.cloud().stacks.get("fd-alice-x").unwrap();
     stack.outputs.clear();
     rec.cloud().stacks.insert(stack);
 
-    let report = rec.resync(false).await.unwrap();
+    let report = rec.resync(false, None).await.unwrap();
     assert!(
         report.outcomes.values().all(|o| o.soon),
         "no address yet: look again soon"
@@ -439,7 +453,75 @@ async fn without_a_login_output_the_address_comes_from_the_login_instance() {
     assert!(rec.cloud().store.text("home/alice/x.cf-created").is_none());
 
     *rec.cloud().instances.ip.lock().unwrap() = Some("192.0.2.10".into());
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert!(text(&rec, "home/alice/x.cf-created").starts_with("192.0.2.10\n"));
     assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Ready");
+}
+
+#[tokio::test]
+async fn a_failed_notification_is_retried_from_the_outbox_and_sent_once_across_restarts() {
+    let rec = rec();
+    rec.load_delivered().await.unwrap();
+    rec.cloud().mailer.as_ref().unwrap().fail(2);
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap(); // ready: the send and its retry fail; the notice stays in the outbox
+    assert!(rec.cloud().mailer.as_ref().unwrap().subjects().is_empty());
+    assert!(
+        rec.cloud()
+            .store
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("flightdeck/outbox/"))
+    );
+    rec.resync(false, None).await.unwrap(); // retried from the outbox
+    assert_eq!(
+        rec.cloud().mailer.as_ref().unwrap().subjects(),
+        ["[flightdeck] cluster x of alice is ready"]
+    );
+    assert!(
+        !rec.cloud()
+            .store
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("flightdeck/outbox/"))
+    );
+    assert!(
+        rec.cloud()
+            .store
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("flightdeck/notified/"))
+    );
+
+    // A restarted controller, seeing the same cluster with its markers gone, does not resend.
+    let again = rec_with(settings(Duration::from_secs(600), 5));
+    for key in rec.cloud().store.keys() {
+        if !key.ends_with(".cf-created") && !key.ends_with(".cf-status") {
+            again
+                .cloud()
+                .store
+                .insert(&key, rec.cloud().store.text(&key).unwrap());
+        }
+    }
+    for name in rec.cloud().stacks.names() {
+        again
+            .cloud()
+            .stacks
+            .insert(rec.cloud().stacks.get(&name).unwrap());
+    }
+    again.load_delivered().await.unwrap();
+    again.resync(false, None).await.unwrap();
+    assert!(
+        again
+            .cloud()
+            .store
+            .text("home/alice/x.cf-created")
+            .is_some(),
+        "the marker is written again"
+    );
+    assert!(
+        again.cloud().mailer.as_ref().unwrap().subjects().is_empty(),
+        "but the notice is not sent twice"
+    );
 }

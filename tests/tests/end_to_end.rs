@@ -89,6 +89,7 @@ impl Site {
             ("FLIGHTDECK_RECONCILE_BUSY_INTERVAL", "1s".into()),
             ("FLIGHTDECK_RECONCILE_ORPHAN_GRACE", "2s".into()),
             ("FLIGHTDECK_RECONCILE_MAX_ORPHAN_DELETES", "2".into()),
+            ("FLIGHTDECK_HTTP_LISTEN", "127.0.0.1:0".into()),
         ]
         .map(|(k, v)| (k.to_owned(), v))
         .to_vec();
@@ -133,7 +134,13 @@ impl Site {
             instances: Ec2::new(&conf),
             mailer: Some(Ses::new(&conf, "flightdeck@example.org")),
         };
-        checked(cloud, settings).await.expect("start-up checks")
+        checked(
+            cloud,
+            settings,
+            std::sync::Arc::new(flightdeck::metrics::Metrics::new(false)),
+        )
+        .await
+        .expect("start-up checks")
     }
 
     /// Runs the real `aws` CLI as a user would, against this site's emulator.
@@ -449,12 +456,12 @@ async fn a_quiet_pass_writes_nothing() {
     site.user_writes("alice/x.cf-create", &seed());
     site.user_writes("alice/bad.cf-create", "{ not json");
     site.user_writes("alice/sub/y.cf-create", &seed());
-    rec.resync(false).await.unwrap();
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert_eq!(site.phase("alice/x.cf-status").await, "Ready");
     let (s3, cfn) = (rec.cloud().store.writes(), rec.cloud().stacks.writes());
     for _ in 0..2 {
-        let report = rec.resync(false).await.unwrap();
+        let report = rec.resync(false, None).await.unwrap();
         assert!(report.outcomes.values().all(|o| o.error.is_none()));
     }
     assert_eq!(
@@ -474,14 +481,14 @@ async fn users_never_reach_each_others_clusters() {
     let site = Site::new().await;
     let rec = site.reconciler().await;
     site.user_writes("alice/x.cf-create", &seed());
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     let alice = site.stacks().await;
     assert_eq!(alice.len(), 1);
 
     // bob names alice's cluster in his own folder: he deletes nothing of hers.
     site.user_writes("bob/x.cf-delete", "");
-    rec.resync(false).await.unwrap();
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert!(
         site.read("bob/x.cf-deleted").await.is_some(),
         "bob is told his (non-existent) x is deleted"
@@ -490,8 +497,8 @@ async fn users_never_reach_each_others_clusters() {
 
     // Same cluster name, two users: two stacks.
     site.user_writes("bob/x.cf-create", &seed().replace("\"25\"", "\"4\""));
-    rec.resync(false).await.unwrap();
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     let mut names: Vec<String> = site.stacks().await.into_iter().map(|s| s.name).collect();
     names.sort();
     assert_eq!(
@@ -531,8 +538,8 @@ async fn mistakes_are_explained_and_everyone_else_is_served() {
     site.user_writes("alice/sub/deep.cf-create", &seed);
     site.user_writes("alice/suffix.cf_create", &seed);
     site.user_writes("carol/x.cf-create", &seed);
-    rec.resync(false).await.unwrap();
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
 
     for (file, says) in [
         (
@@ -582,18 +589,18 @@ async fn a_removed_request_deletes_its_stack_only_after_the_grace_period() {
     let site = Site::new().await;
     let rec = site.reconciler().await;
     site.user_writes("alice/x.cf-create", &seed());
-    rec.resync(false).await.unwrap();
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     site.user_removes("alice/x.cf-create");
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert_eq!(site.stacks().await.len(), 1, "kept within the grace period");
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert!(
         site.stacks().await.is_empty(),
         "deleted after the grace period"
     );
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert!(site.read("alice/x.cf-deleted").await.is_some());
     assert!(site.read("alice/x.cf-created").await.is_none());
 }
@@ -605,14 +612,14 @@ async fn when_more_requests_vanish_than_the_cap_no_stack_is_deleted() {
     for c in ["a", "b", "c"] {
         site.user_writes(&format!("alice/{c}.cf-create"), &seed());
     }
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     assert_eq!(site.stacks().await.len(), 3);
     for c in ["a", "b", "c"] {
         site.user_removes(&format!("alice/{c}.cf-create"));
     }
-    rec.resync(false).await.unwrap();
+    rec.resync(false, None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let report = rec.resync(false).await.unwrap();
+    let report = rec.resync(false, None).await.unwrap();
     assert_eq!(
         report.held_back, 3,
         "three orphans past grace, cap two: none deleted"

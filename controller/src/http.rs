@@ -1,0 +1,437 @@
+//! The HTTP endpoint (hyper): `/metrics`, `/healthz`, `/readyz`, and `POST /hints`.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flightdeck_core::hint::parse_hint;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::queue::WorkQueue;
+
+/// Whether the controller is alive and keeping up.
+pub struct Health {
+    last_resync: Mutex<Option<Instant>>,
+    stale_after: Duration,
+}
+
+impl Health {
+    /// Ready while a complete resync happened within `stale_after`.
+    pub fn new(stale_after: Duration) -> Self {
+        Health {
+            last_resync: Mutex::new(None),
+            stale_after,
+        }
+    }
+
+    /// A full resync completed.
+    pub fn resynced(&self) {
+        *self
+            .last_resync
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// `Ok` when ready, else why not.
+    pub fn ready(&self) -> Result<(), String> {
+        match *self
+            .last_resync
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            None => Err("no complete resync yet".into()),
+            Some(t) if t.elapsed() > self.stale_after => Err(format!(
+                "the last complete resync was {}s ago",
+                t.elapsed().as_secs()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// What the endpoint serves from.
+pub struct Endpoint {
+    /// Metrics to render and count into.
+    pub metrics: Arc<Metrics>,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// Where hinted clusters go.
+    pub queue: Arc<WorkQueue>,
+    /// Bearer token for hints; `None` turns hints off.
+    pub hint_token: Option<String>,
+    /// Largest hint body.
+    pub max_hint_bytes: usize,
+    /// The users' bucket (hints for others are ignored).
+    pub bucket: String,
+    /// The home prefix (hints outside it are ignored).
+    pub home_prefix: String,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    let mut body = body.into();
+    body.push('\n');
+    reply(status, "text/plain; charset=utf-8", body)
+}
+
+/// Answers one request.
+pub async fn handle<B>(endpoint: &Endpoint, req: Request<B>) -> Reply
+where
+    B: Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/readyz") => match endpoint.health.ready() {
+            Ok(()) => text(StatusCode::OK, "ready"),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
+        },
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            endpoint.metrics.render(),
+        ),
+        (&Method::POST, "/hints") => hints(endpoint, req).await,
+        (_, "/healthz" | "/readyz" | "/metrics" | "/hints") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz, /readyz or POST /hints",
+        ),
+    }
+}
+
+async fn hints<B>(endpoint: &Endpoint, req: Request<B>) -> Reply
+where
+    B: Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let m = &endpoint.metrics;
+    let Some(token) = &endpoint.hint_token else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "hints are off: no hint token is configured",
+        );
+    };
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same_secret(presented.as_bytes(), token.as_bytes()) {
+        m.hint("unauthorized");
+        let mut r = text(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        r.headers_mut().insert(
+            "www-authenticate",
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        m.hint("too_large");
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a hint is at most {} bytes", endpoint.max_hint_bytes),
+        )
+    };
+    if declared.is_some_and(|n| n > endpoint.max_hint_bytes) {
+        return too_large();
+    }
+    let body = match Limited::new(req.into_body(), endpoint.max_hint_bytes)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(e) => {
+            m.hint("malformed");
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the body: {e}"),
+            );
+        }
+    };
+    match parse_hint(&body, &endpoint.bucket, &endpoint.home_prefix) {
+        Ok(hint) => {
+            for outcome in &hint.outcomes {
+                m.hint(outcome.label());
+            }
+            for key in &hint.keys {
+                debug!(user = %key.user, cluster = %key.cluster, "hinted");
+                endpoint.queue.add(key);
+            }
+            let accepted = hint.keys.len();
+            let body = serde_json::json!({ "accepted": accepted, "ignored": hint.outcomes.len() - accepted });
+            reply(
+                StatusCode::ACCEPTED,
+                "application/json",
+                format!("{body}\n"),
+            )
+        }
+        Err(e) => {
+            m.hint("malformed");
+            text(StatusCode::BAD_REQUEST, e.to_string())
+        }
+    }
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+/// Serves until `shutdown` completes, then lets open connections finish (at most a few
+/// seconds).
+pub async fn serve(
+    listener: TcpListener,
+    endpoint: Arc<Endpoint>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                let endpoint = endpoint.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let endpoint = endpoint.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(&endpoint, req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                let watched = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = watched.await {
+                        debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    info!("HTTP server stopping");
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("some HTTP connections did not close in time");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flightdeck_core::key::ClusterKey;
+
+    const TOKEN: &str = "0123456789abcdef0123";
+
+    fn endpoint() -> Endpoint {
+        let metrics = Arc::new(Metrics::new(false));
+        Endpoint {
+            queue: Arc::new(WorkQueue::new(metrics.clone())),
+            metrics,
+            health: Arc::new(Health::new(Duration::from_secs(60))),
+            hint_token: Some(TOKEN.into()),
+            max_hint_bytes: 2048,
+            bucket: "users".into(),
+            home_prefix: "home/".into(),
+        }
+    }
+
+    fn request(
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> Request<Full<Bytes>> {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            b = b.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
+    }
+
+    async fn body(r: Reply) -> String {
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    fn s3_event(key: &str) -> String {
+        serde_json::json!({"Records": [{"s3": {"bucket": {"name": "users"}, "object": {"key": key}}}]}).to_string()
+    }
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics() {
+        let e = endpoint();
+        assert_eq!(
+            handle(&e, request(Method::GET, "/healthz", None, ""))
+                .await
+                .status(),
+            StatusCode::OK
+        );
+        let not_ready = handle(&e, request(Method::GET, "/readyz", None, "")).await;
+        assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body(not_ready).await.contains("no complete resync yet"));
+        e.health.resynced();
+        assert_eq!(
+            handle(&e, request(Method::GET, "/readyz", None, ""))
+                .await
+                .status(),
+            StatusCode::OK
+        );
+        let metrics = body(handle(&e, request(Method::GET, "/metrics", None, "")).await).await;
+        assert!(
+            metrics.contains("flightdeck_clusters{phase=\"Ready\"}"),
+            "{metrics}"
+        );
+        assert_eq!(
+            handle(&e, request(Method::GET, "/nope", None, ""))
+                .await
+                .status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            handle(&e, request(Method::GET, "/hints", None, ""))
+                .await
+                .status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hint_queues_the_cluster_it_names() {
+        let e = endpoint();
+        let r = handle(
+            &e,
+            request(
+                Method::POST,
+                "/hints",
+                Some(TOKEN),
+                &s3_event("home/alice/x.cf-create"),
+            ),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        assert_eq!(body(r).await.trim(), r#"{"accepted":1,"ignored":0}"#);
+        let key = tokio::time::timeout(Duration::from_secs(1), e.queue.get())
+            .await
+            .unwrap();
+        assert_eq!(key, Some(ClusterKey::new("alice", "x").unwrap()));
+        assert!(
+            e.metrics
+                .render()
+                .contains("flightdeck_hints_total{outcome=\"accepted\"} 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn hints_without_the_token_are_refused() {
+        let e = endpoint();
+        for token in [
+            None,
+            Some("wrong"),
+            Some("0123456789abcdef012"),
+            Some("0123456789abcdef01234"),
+        ] {
+            let r = handle(
+                &e,
+                request(
+                    Method::POST,
+                    "/hints",
+                    token,
+                    &s3_event("home/alice/x.cf-create"),
+                ),
+            )
+            .await;
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{token:?}");
+        }
+        assert_eq!(e.queue.depth(), 0);
+        assert!(
+            e.metrics
+                .render()
+                .contains("flightdeck_hints_total{outcome=\"unauthorized\"} 4")
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_and_malformed_hints_get_their_status() {
+        let e = endpoint();
+        let big = format!("{{\"Records\": [], \"pad\": \"{}\"}}", "x".repeat(4096));
+        let r = handle(&e, request(Method::POST, "/hints", Some(TOKEN), &big)).await;
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let r = handle(
+            &e,
+            request(Method::POST, "/hints", Some(TOKEN), "{not json"),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(body(r).await.contains("not JSON"));
+        let r = handle(&e, request(Method::POST, "/hints", Some(TOKEN), "{}")).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(body(r).await.contains("no `Records`"));
+    }
+
+    #[tokio::test]
+    async fn hints_are_off_without_a_token() {
+        let e = Endpoint {
+            hint_token: None,
+            ..endpoint()
+        };
+        let r = handle(
+            &e,
+            request(
+                Method::POST,
+                "/hints",
+                Some(TOKEN),
+                &s3_event("home/alice/x.cf-create"),
+            ),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"a"));
+    }
+}

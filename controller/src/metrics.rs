@@ -1,0 +1,439 @@
+//! Every metric flightdeck exports, registered in one place, and the events that move them:
+//! each method logs its line and counts its counter together.
+//!
+//! Names are `flightdeck_<noun>_<unit>`; labels are low-cardinality, except the per-user
+//! series, which exist only when the operator turns them on (`[metrics] per_user`).
+
+use std::collections::BTreeMap;
+
+use flightdeck_core::key::ClusterKey;
+use flightdeck_core::report::Phase;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tracing::{info, warn};
+
+use crate::ports::{CallError, ErrorKind};
+
+/// Every phase a `.cf-status` can show, exported even when zero.
+pub const PHASES: [Phase; 7] = [
+    Phase::Pending,
+    Phase::Creating,
+    Phase::Ready,
+    Phase::Updating,
+    Phase::Deleting,
+    Phase::Deleted,
+    Phase::Failed,
+];
+
+/// The label of a phase.
+pub fn phase_label(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pending => "Pending",
+        Phase::Creating => "Creating",
+        Phase::Ready => "Ready",
+        Phase::Updating => "Updating",
+        Phase::Deleting => "Deleting",
+        Phase::Deleted => "Deleted",
+        Phase::Failed => "Failed",
+    }
+}
+
+/// The label of a call's outcome.
+pub fn outcome_label(result: Result<(), &CallError>) -> &'static str {
+    match result {
+        Ok(()) => "ok",
+        Err(e) => match e.kind {
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Transient => "transient",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Denied => "denied",
+            ErrorKind::Other => "other",
+        },
+    }
+}
+
+/// What one full resync saw, for the gauges.
+#[derive(Debug, Default)]
+pub struct PassSummary {
+    /// Clusters by phase.
+    pub phases: BTreeMap<&'static str, i64>,
+    /// Estimated dollars per hour at full scale, by phase.
+    pub cost: BTreeMap<&'static str, f64>,
+    /// Per user: clusters by phase, and the sum of ComputeMaxNodes.
+    pub users: BTreeMap<String, (BTreeMap<&'static str, i64>, i64)>,
+    /// Orphans not deleted this pass.
+    pub orphans_pending: i64,
+    /// Orphans the guard held back.
+    pub held_back: i64,
+}
+
+/// The registry and every metric in it.
+pub struct Metrics {
+    registry: Registry,
+    per_user: bool,
+    clusters: IntGaugeVec,
+    user_clusters: IntGaugeVec,
+    user_max_nodes: IntGaugeVec,
+    resync_duration: Histogram,
+    resyncs: IntCounterVec,
+    last_resync: Gauge,
+    actions: IntCounterVec,
+    aws_calls: IntCounterVec,
+    hints: IntCounterVec,
+    refused: IntCounterVec,
+    orphans_pending: IntGauge,
+    held_back: IntGauge,
+    guard_trips: IntCounter,
+    queue_depth: IntGauge,
+    queue_retries: IntCounter,
+    cost: GaugeVec,
+    notifications: IntCounterVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    /// Registers every metric. `per_user` turns on the per-user series.
+    pub fn new(per_user: bool) -> Metrics {
+        let r = Registry::new();
+        let resync_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "flightdeck_resync_duration_seconds",
+                "Duration of a full resync pass.",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(resync_duration.clone()))
+            .expect("unique metric");
+        let last_resync = Gauge::new(
+            "flightdeck_last_resync_timestamp_seconds",
+            "Unix time of the last complete resync.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(last_resync.clone()))
+            .expect("unique metric");
+        let cost = GaugeVec::new(
+            Opts::new(
+                "flightdeck_estimated_cost_dollars_per_hour",
+                "Estimated dollars per hour at full scale of the clusters in each phase.",
+            ),
+            &["phase"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(cost.clone())).expect("unique metric");
+        let guard_trips = IntCounter::new(
+            "flightdeck_orphan_guard_trips_total",
+            "Passes in which the mass-deletion guard held orphan deletions back.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(guard_trips.clone()))
+            .expect("unique metric");
+        let queue_retries = IntCounter::new(
+            "flightdeck_queue_retries_total",
+            "Clusters requeued with backoff after an error.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(queue_retries.clone()))
+            .expect("unique metric");
+        let build = gauge_vec(
+            &r,
+            "flightdeck_build_info",
+            "Build information.",
+            &["version"],
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let m = Metrics {
+            per_user,
+            clusters: gauge_vec(
+                &r,
+                "flightdeck_clusters",
+                "Clusters by the phase of their status after the last full resync.",
+                &["phase"],
+            ),
+            user_clusters: gauge_vec(
+                &r,
+                "flightdeck_user_clusters",
+                "Clusters by user and phase (only with per_user).",
+                &["user", "phase"],
+            ),
+            user_max_nodes: gauge_vec(
+                &r,
+                "flightdeck_user_max_nodes",
+                "Sum of ComputeMaxNodes of a user's clusters (only with per_user).",
+                &["user"],
+            ),
+            resync_duration,
+            resyncs: counter_vec(
+                &r,
+                "flightdeck_resyncs_total",
+                "Full resync passes by outcome.",
+                &["outcome"],
+            ),
+            last_resync,
+            actions: counter_vec(
+                &r,
+                "flightdeck_actions_total",
+                "Actions carried out, by kind and outcome.",
+                &["action", "outcome"],
+            ),
+            aws_calls: counter_vec(
+                &r,
+                "flightdeck_aws_calls_total",
+                "AWS calls by service, operation and outcome.",
+                &["service", "operation", "outcome"],
+            ),
+            hints: counter_vec(
+                &r,
+                "flightdeck_hints_total",
+                "Hint records (and refused hint requests) by outcome.",
+                &["outcome"],
+            ),
+            refused: counter_vec(
+                &r,
+                "flightdeck_requests_refused_total",
+                "Requests refused, by the rule they broke.",
+                &["reason"],
+            ),
+            orphans_pending: gauge(
+                &r,
+                "flightdeck_orphans_pending",
+                "Orphaned stacks seen and not (yet) deleted.",
+            ),
+            held_back: gauge(
+                &r,
+                "flightdeck_orphan_deletions_held_back",
+                "Orphans past grace the mass-deletion guard held back in the last pass.",
+            ),
+            guard_trips,
+            queue_depth: gauge(
+                &r,
+                "flightdeck_queue_depth",
+                "Clusters waiting in the work queue.",
+            ),
+            queue_retries,
+            cost,
+            notifications: counter_vec(
+                &r,
+                "flightdeck_notifications_total",
+                "Notifications by event and outcome.",
+                &["event", "outcome"],
+            ),
+            registry: r,
+        };
+        for phase in PHASES {
+            m.clusters.with_label_values(&[phase_label(phase)]).set(0);
+            m.cost.with_label_values(&[phase_label(phase)]).set(0.0);
+        }
+        for outcome in ["ok", "error"] {
+            m.resyncs.with_label_values(&[outcome]);
+        }
+        m
+    }
+
+    /// The exposition text for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            warn!(error = %e, "could not encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// A full resync completed.
+    pub fn resync_done(&self, seconds: f64, summary: &PassSummary) {
+        self.resync_duration.observe(seconds);
+        self.resyncs.with_label_values(&["ok"]).inc();
+        self.last_resync.set(now_seconds());
+        for phase in PHASES {
+            let label = phase_label(phase);
+            self.clusters
+                .with_label_values(&[label])
+                .set(summary.phases.get(label).copied().unwrap_or(0));
+            self.cost
+                .with_label_values(&[label])
+                .set(summary.cost.get(label).copied().unwrap_or(0.0));
+        }
+        if self.per_user {
+            self.user_clusters.reset();
+            self.user_max_nodes.reset();
+            for (user, (phases, nodes)) in &summary.users {
+                for (phase, n) in phases {
+                    self.user_clusters
+                        .with_label_values(&[user.as_str(), phase])
+                        .set(*n);
+                }
+                self.user_max_nodes.with_label_values(&[user]).set(*nodes);
+            }
+        }
+        self.orphans_pending.set(summary.orphans_pending);
+        self.held_back.set(summary.held_back);
+        if summary.held_back > 0 {
+            self.guard_trips.inc();
+        }
+    }
+
+    /// A full resync could not list.
+    pub fn resync_failed(&self, error: &CallError) {
+        warn!(%error, "resync failed: nothing was planned; trying again next interval");
+        self.resyncs.with_label_values(&["error"]).inc();
+    }
+
+    /// Whether the per-user series are on.
+    pub fn per_user(&self) -> bool {
+        self.per_user
+    }
+
+    /// An action was carried out (or failed, or was refused by a call).
+    pub fn action(&self, action: &'static str, outcome: &'static str) {
+        self.actions.with_label_values(&[action, outcome]).inc();
+    }
+
+    /// An AWS call ended.
+    pub fn aws_call(
+        &self,
+        service: &'static str,
+        operation: &'static str,
+        result: Result<(), &CallError>,
+    ) {
+        let outcome = outcome_label(result);
+        if outcome == "throttled" {
+            warn!(
+                service,
+                operation, "AWS throttled a call after the SDK's retries"
+            );
+        }
+        self.aws_calls
+            .with_label_values(&[service, operation, outcome])
+            .inc();
+    }
+
+    /// A hint record (or a whole hint request) had this outcome.
+    pub fn hint(&self, outcome: &'static str) {
+        self.hints.with_label_values(&[outcome]).inc();
+    }
+
+    /// A request was refused, for the first time for its content.
+    pub fn refused(&self, key: &ClusterKey, reason: &'static str, message: &str) {
+        info!(user = %key.user, cluster = %key.cluster, reason, message, "request refused");
+        self.refused.with_label_values(&[reason]).inc();
+    }
+
+    /// A mistaken request file was explained to its user.
+    pub fn mistake(&self, object: &str, reason: &'static str) {
+        info!(
+            object,
+            reason, "request file not read: explained next to it"
+        );
+        self.refused.with_label_values(&[reason]).inc();
+    }
+
+    /// The work queue's depth.
+    pub fn queue_depth(&self, depth: usize) {
+        self.queue_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// A cluster was requeued with backoff.
+    pub fn queue_retry(&self) {
+        self.queue_retries.inc();
+    }
+
+    /// A notification was sent, or could not be.
+    pub fn notification(&self, event: &'static str, outcome: &'static str) {
+        self.notifications
+            .with_label_values(&[event, outcome])
+            .inc();
+    }
+}
+
+fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_phase_is_exported_from_the_start() {
+        let text = Metrics::new(false).render();
+        for phase in PHASES {
+            assert!(
+                text.contains(&format!(
+                    "flightdeck_clusters{{phase=\"{}\"}} 0",
+                    phase_label(phase)
+                )),
+                "{text}"
+            );
+        }
+        assert!(text.contains("flightdeck_build_info{version="));
+    }
+
+    #[test]
+    fn per_user_series_appear_only_when_turned_on() {
+        let summary = PassSummary {
+            users: BTreeMap::from([("alice".to_string(), (BTreeMap::from([("Ready", 2)]), 50))]),
+            ..PassSummary::default()
+        };
+        let off = Metrics::new(false);
+        off.resync_done(0.1, &summary);
+        assert!(!off.render().contains("flightdeck_user_clusters{"));
+        let on = Metrics::new(true);
+        on.resync_done(0.1, &summary);
+        let text = on.render();
+        assert!(
+            text.contains("flightdeck_user_clusters{phase=\"Ready\",user=\"alice\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flightdeck_user_max_nodes{user=\"alice\"} 50"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_tripped_guard_is_counted_once_per_pass() {
+        let m = Metrics::new(false);
+        let tripped = PassSummary {
+            held_back: 6,
+            orphans_pending: 6,
+            ..PassSummary::default()
+        };
+        m.resync_done(0.1, &tripped);
+        m.resync_done(0.1, &tripped);
+        let text = m.render();
+        assert!(
+            text.contains("flightdeck_orphan_guard_trips_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flightdeck_orphan_deletions_held_back 6"),
+            "{text}"
+        );
+    }
+}

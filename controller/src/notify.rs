@@ -1,0 +1,177 @@
+//! Notifications, delivered at most once per notice id (the same event of the same request)
+//! and retried until they go out, across restarts.
+//!
+//! Under the controller's own prefix: `outbox/<id>.json` holds a notice not yet sent (written
+//! before the send, removed after), `notified/<id>` records one that was. The records are
+//! read once at start-up; the outbox is looked at on the first full resync and after a send
+//! failed, so a quiet pass costs no extra call.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use flightdeck_core::key::ClusterKey;
+use flightdeck_core::plan::{Notice, NoticeEvent};
+use flightdeck_core::report::notice_email;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::ports::{CallError, InstanceLookup, Mailer, ObjectStore, StackService};
+use crate::reconcile::Reconciler;
+
+fn event_label(event: NoticeEvent) -> &'static str {
+    match event {
+        NoticeEvent::Ready => "ready",
+        NoticeEvent::Failed => "failed",
+        NoticeEvent::Deleted => "deleted",
+    }
+}
+
+fn event_of(label: &str) -> Option<NoticeEvent> {
+    match label {
+        "ready" => Some(NoticeEvent::Ready),
+        "failed" => Some(NoticeEvent::Failed),
+        "deleted" => Some(NoticeEvent::Deleted),
+        _ => None,
+    }
+}
+
+impl<S, C, E, M> Reconciler<S, C, E, M>
+where
+    S: ObjectStore,
+    C: StackService,
+    E: InstanceLookup,
+    M: Mailer,
+{
+    fn outbox_prefix(&self) -> String {
+        format!("{}outbox/", self.settings.controller_prefix)
+    }
+
+    fn notified_prefix(&self) -> String {
+        format!("{}notified/", self.settings.controller_prefix)
+    }
+
+    /// Reads which notices went out before this process started.
+    ///
+    /// # Errors
+    /// The listing that failed.
+    pub async fn load_delivered(&self) -> Result<usize, CallError> {
+        if self.settings.notify.is_none() {
+            return Ok(0);
+        }
+        let prefix = self.notified_prefix();
+        let ids: BTreeSet<String> = self
+            .cloud
+            .store
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        let n = ids.len();
+        self.lock_delivered().extend(ids);
+        Ok(n)
+    }
+
+    /// Delivers a notice unless it went out already; a failure is counted, logged and left
+    /// in the outbox for the next resync. Never blocks reconciliation.
+    pub(crate) async fn deliver(&self, notice: &Notice) {
+        if self.settings.notify.is_none() || self.lock_delivered().contains(&notice.id) {
+            return;
+        }
+        let record = json!({
+            "id": notice.id,
+            "event": event_label(notice.event),
+            "user": notice.key.user,
+            "cluster": notice.key.cluster,
+            "stack": notice.stack,
+            "detail": notice.detail,
+        });
+        let outbox = format!("{}{}.json", self.outbox_prefix(), notice.id);
+        if let Err(e) = self.cloud.store.put(&outbox, &format!("{record}\n")).await {
+            warn!(error = %e, "could not record a notice in the outbox; sending it anyway");
+        }
+        self.send(notice, &outbox).await;
+    }
+
+    async fn send(&self, notice: &Notice, outbox: &str) {
+        let (Some(mailer), Some(notify)) = (&self.cloud.mailer, &self.settings.notify) else {
+            return;
+        };
+        let event = event_label(notice.event);
+        let (subject, body) = notice_email(notice);
+        let to = notify.recipients(&notice.key.user);
+        match mailer.send(&to, &subject, &body).await {
+            Ok(()) => {
+                info!(user = %notice.key.user, cluster = %notice.key.cluster, event, recipients = to.len(), "notified");
+                self.metrics.notification(event, "sent");
+                self.lock_delivered().insert(notice.id.clone());
+                let record = format!("{}{}", self.notified_prefix(), notice.id);
+                if let Err(e) = self.cloud.store.put(&record, "").await {
+                    warn!(error = %e, "notice sent, but its record could not be written");
+                }
+                if let Err(e) = self.cloud.store.delete(outbox).await {
+                    warn!(error = %e, "notice sent, but it could not be removed from the outbox");
+                }
+            }
+            Err(e) => {
+                warn!(user = %notice.key.user, cluster = %notice.key.cluster, event, error = %e, "notification not sent; will retry");
+                self.metrics.notification(event, "error");
+                self.outbox_pending.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Sends what the outbox still holds.
+    pub(crate) async fn retry_outbox(&self) {
+        if self.settings.notify.is_none() || !self.outbox_pending.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let waiting = match self.cloud.store.list(&self.outbox_prefix()).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "could not list the notification outbox");
+                self.outbox_pending.store(true, Ordering::SeqCst);
+                return;
+            }
+        };
+        for object in waiting {
+            let notice = match self.cloud.store.get(&object.key).await {
+                Ok(Some(f)) => parse_record(&f.body),
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(error = %e, "could not read the notification outbox");
+                    self.outbox_pending.store(true, Ordering::SeqCst);
+                    return;
+                }
+            };
+            match notice {
+                Some(n) if self.lock_delivered().contains(&n.id) => {
+                    let _ = self.cloud.store.delete(&object.key).await;
+                }
+                Some(n) => self.send(&n, &object.key).await,
+                None => {
+                    warn!(object = %object.key, "unreadable outbox record removed");
+                    let _ = self.cloud.store.delete(&object.key).await;
+                }
+            }
+        }
+    }
+
+    fn lock_delivered(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.delivered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn parse_record(body: &[u8]) -> Option<Notice> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str);
+    Some(Notice {
+        id: field("id")?.to_owned(),
+        event: event_of(field("event")?)?,
+        key: ClusterKey::new(field("user")?, field("cluster")?).ok()?,
+        stack: field("stack")?.to_owned(),
+        detail: field("detail")?.to_owned(),
+    })
+}
