@@ -281,7 +281,19 @@ impl StackService for FakeStacks {
             last_change: n,
             tags: spec.tags.clone(),
             parameters: spec.parameters.clone(),
-            outputs: BTreeMap::from([("LoginIp".into(), format!("198.51.100.{}", n % 250))]),
+            // The address depends on the name only, so two runs that create the same
+            // stacks in another order agree.
+            outputs: BTreeMap::from([(
+                "LoginIp".into(),
+                format!(
+                    "198.51.100.{}",
+                    hex_md5(spec.name.as_bytes())
+                        .bytes()
+                        .map(u32::from)
+                        .sum::<u32>()
+                        % 250
+                ),
+            )]),
             failure_reason: None,
             login_ip: None,
         });

@@ -27,6 +27,37 @@ pub const PHASES: [Phase; 7] = [
     Phase::Failed,
 ];
 
+/// Outcomes of hint records and hint requests.
+const HINT_OUTCOMES: [&str; 8] = [
+    "accepted",
+    "duplicate",
+    "other_bucket",
+    "outside_home",
+    "not_a_request",
+    "unauthorized",
+    "malformed",
+    "too_large",
+];
+
+/// Every rule a request can break.
+const REFUSAL_REASONS: [&str; 15] = [
+    "too_large",
+    "not_utf8",
+    "malformed",
+    "not_an_object",
+    "reserved_key",
+    "unknown_key",
+    "value_type",
+    "value",
+    "missing_key",
+    "not_enrolled",
+    "cloudformation",
+    "name_taken",
+    "subfolder",
+    "cluster_name",
+    "suffix",
+];
+
 /// The label of a phase.
 pub fn phase_label(phase: Phase) -> &'static str {
     match phase {
@@ -247,8 +278,32 @@ impl Metrics {
             m.clusters.with_label_values(&[phase_label(phase)]).set(0);
             m.cost.with_label_values(&[phase_label(phase)]).set(0.0);
         }
+        // Small label sets start at zero, so rate() and increase() see their first event and
+        // dashboards show 0 rather than nothing.
         for outcome in ["ok", "error"] {
             m.resyncs.with_label_values(&[outcome]);
+        }
+        for action in [
+            "create_stack",
+            "update_stack",
+            "delete_stack",
+            "put",
+            "remove",
+        ] {
+            for outcome in ["ok", "error", "refused"] {
+                m.actions.with_label_values(&[action, outcome]);
+            }
+        }
+        for outcome in HINT_OUTCOMES {
+            m.hints.with_label_values(&[outcome]);
+        }
+        for reason in REFUSAL_REASONS {
+            m.refused.with_label_values(&[reason]);
+        }
+        for event in ["ready", "failed", "deleted"] {
+            for outcome in ["sent", "error"] {
+                m.notifications.with_label_values(&[event, outcome]);
+            }
         }
         m
     }
@@ -392,6 +447,11 @@ mod tests {
             );
         }
         assert!(text.contains("flightdeck_build_info{version="));
+        assert!(text.contains("flightdeck_requests_refused_total{reason=\"not_enrolled\"} 0"));
+        assert!(
+            text.contains("flightdeck_actions_total{action=\"create_stack\",outcome=\"error\"} 0")
+        );
+        assert!(text.contains("flightdeck_last_resync_timestamp_seconds 0"));
     }
 
     #[test]

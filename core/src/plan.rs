@@ -162,8 +162,6 @@ enum Want {
 enum Report {
     /// Leave it as it is.
     Keep,
-    /// It should not exist.
-    Absent,
     /// It should say this.
     Set(ClusterStatus),
 }
@@ -265,7 +263,7 @@ pub fn plan_with_phase(obs: &Observed, ctx: &Context<'_>) -> Planned {
     let decision = decide(obs, ctx, &desire, stack);
     let phase = match &decision.status {
         Report::Set(st) => Some(st.phase),
-        Report::Keep | Report::Absent => None,
+        Report::Keep => None,
     };
     Planned {
         actions: render(obs, ctx, decision),
@@ -337,20 +335,31 @@ fn decide(
             deleted: Want::Absent,
             ..Decision::report(status(key, Phase::Failed, reason, None, Some(etag)))
         },
-        // Refused request with a stack: say why; the stack is left as it is.
-        (Desire::Refused { reason, etag }, Some((s, phase))) => Decision {
-            failed: Want::Body(failed_body(
-                reason,
-                "Your cluster is left as it was. Fix the request file and write it again.",
-            )),
-            ..Decision::report(status(
-                key,
-                running_phase(phase),
-                &format!("request refused, cluster left as it was: {reason}"),
-                Some(s),
-                Some(etag),
-            ))
-        },
+        // Refused request with a stack: say why; the stack is left as it is, and a running
+        // cluster is still reported ready (its address is still the user's to use).
+        (Desire::Refused { reason, etag }, Some((s, phase))) => {
+            let message = format!("request refused, cluster left as it was: {reason}");
+            let base = if matches!(phase, StackPhase::Stable | StackPhase::UpdateRolledBack) {
+                ready(obs, s, etag)
+            } else {
+                Decision::report(status(key, running_phase(phase), "", Some(s), Some(etag)))
+            };
+            let status = match base.status {
+                Report::Set(mut st) => {
+                    st.message = message;
+                    Report::Set(st)
+                }
+                other => other,
+            };
+            Decision {
+                failed: Want::Body(failed_body(
+                    reason,
+                    "Your cluster is left as it was. Fix the request file and write it again.",
+                )),
+                status,
+                ..base
+            }
+        }
         // A DELETE_COMPLETE stack is filtered out as no stack before this match.
         (_, Some((_, StackPhase::Deleted))) => Decision::report(Report::Keep),
         // Valid request, no stack: create it.
@@ -548,24 +557,19 @@ fn decide(
                 Some(etag),
             ))
         },
-        // No request, no stack: tidy stale markers. A cluster that was ready is reported deleted.
+        // No request, no stack: whatever was there is gone, so say so (as a `.cf-delete`
+        // would have); stale markers go. The notice goes out for a cluster that was ready.
         (Desire::Nothing, None) => {
-            if had(Suffix::Created) {
+            if obs.markers.is_empty() {
+                Decision::report(Report::Keep)
+            } else {
                 Decision {
                     deleted: Want::Body(deleted_body(key)),
                     created: Want::Absent,
                     failed: Want::Absent,
-                    notify: Some(notice(obs, NoticeEvent::Deleted, &name, "")),
+                    notify: had(Suffix::Created)
+                        .then(|| notice(obs, NoticeEvent::Deleted, &name, "")),
                     ..Decision::report(Report::Set(deleted_status(key)))
-                }
-            } else {
-                Decision {
-                    failed: Want::Absent,
-                    ..Decision::report(if had(Suffix::Deleted) {
-                        Report::Set(deleted_status(key))
-                    } else {
-                        Report::Absent
-                    })
                 }
             }
         }
@@ -747,7 +751,6 @@ fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
     let mut written = BTreeSet::new();
     let status = match &d.status {
         Report::Keep => Want::Keep,
-        Report::Absent => Want::Absent,
         Report::Set(st) => Want::Body(st.to_json()),
     };
     for (suffix, want) in [

@@ -305,13 +305,18 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
             vec!["put x.cf-failed", "status Failed"],
         ),
         (
-            "invalid request, running stack: failed, the stack is left as it is",
+            "invalid request, running stack: failed, the stack is left as it is and still ready",
             Observed {
                 request: invalid(),
                 stack: Some(stack("CREATE_COMPLETE", &s)),
                 ..o()
             },
-            vec!["put x.cf-failed", "status Ready"],
+            vec![
+                "put x.cf-failed",
+                "put x.cf-created",
+                "status Ready",
+                "notify Ready",
+            ],
         ),
         (
             ".cf-delete, stack exists: delete",
@@ -482,9 +487,14 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
             ],
         ),
         (
-            "no request, no stack, stale failure report: tidied",
+            "no request, no stack, a refused request was removed: reported deleted, failure tidied",
             with_markers(o(), &[Suffix::Failed, Suffix::Status]),
-            vec!["remove x.cf-failed", "remove x.cf-status"],
+            vec!["remove x.cf-failed", "put x.cf-deleted", "status Deleted"],
+        ),
+        (
+            "no request, no stack, an orphan deleted before it was ready: reported deleted, no notice",
+            with_markers(o(), &[Suffix::Status]),
+            vec!["put x.cf-deleted", "status Deleted"],
         ),
         ("nothing at all: nothing", o(), vec![]),
     ]
