@@ -13,15 +13,17 @@ CARGO ?= cargo
 PYTHON ?= python3
 BIN := $(CARGO_TARGET_DIR)/debug/flightdeck
 
-.PHONY: demo test lint build venv packages emulator emulator-stop clean-run
+.PHONY: demo test lint build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live
 
 ## demo: start the emulator, run the controller, create and delete a cluster with the aws CLI
 demo: venv build
 	deploy/local/demo.sh
 
-## test: every test: unit, emulator integration and end-to-end, plus the linters
-test: venv packages lint
+## test: every test: unit, emulator integration and end-to-end, plus the linters and the
+## monitoring checked live on a real Prometheus
+test: venv packages lint monitoring-lint
 	$(CARGO) test --workspace --all-targets --locked
+	$(MAKE) monitoring-live
 
 ## lint: rustfmt, clippy, cfn-lint (template), parliament (IAM policies), shellcheck (scripts)
 lint: venv packages
@@ -29,7 +31,7 @@ lint: venv packages
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(VENV)/bin/cfn-lint templates/*.yaml
 	policies/check.sh
-	shellcheck deploy/local/*.sh policies/*.sh customizer/default/configure.d/*.sh .ci/run
+	shellcheck deploy/local/*.sh deploy/*.sh deploy/grafana/check/check.sh policies/*.sh customizer/default/configure.d/*.sh .ci/run
 
 build:
 	$(CARGO) build --workspace --locked
@@ -58,3 +60,25 @@ emulator: venv packages
 
 emulator-stop:
 	deploy/local/emulator.sh stop
+
+## monitoring-tools: prometheus and promtool (Debian), without the Debian service left running
+monitoring-tools:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  echo "installing Debian package: prometheus"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  if command -v systemctl >/dev/null; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
+	  pkill -x prometheus || true; \
+	fi
+
+## monitoring-lint: alert rules (check and unit tests), the dashboard's type check against
+## @grafana/schema, and every query on a real Prometheus fed a recorded scrape
+monitoring-lint: monitoring-tools
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
+	deploy/grafana/check/check.sh
+	deploy/monitoring-check.sh --expect-per-user --metrics-file deploy/prometheus/testdata/healthy-small-run.prom
+
+## monitoring-live: the controller on the emulator with a few clusters, scraped by a real
+## Prometheus; promtool checks the scrape, every dashboard query and alert runs on it
+monitoring-live: venv packages monitoring-tools build
+	deploy/local/monitoring-live.sh
