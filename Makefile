@@ -13,7 +13,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 BIN := $(CARGO_TARGET_DIR)/debug/flightdeck
 
-.PHONY: demo test lint build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live
+.PHONY: demo test lint build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints
 
 ## demo: start the emulator, run the controller, create and delete a cluster with the aws CLI
 demo: venv build
@@ -82,3 +82,7 @@ monitoring-lint: monitoring-tools
 ## Prometheus; promtool checks the scrape, every dashboard query and alert runs on it
 monitoring-live: venv packages monitoring-tools build
 	deploy/local/monitoring-live.sh
+
+## bench-hints: hint-to-CreateStack latency over 50 requests, the controller on the emulator
+bench-hints: venv build
+	$(CARGO) run --quiet --locked -p flightdeck-tests --bin hint_latency

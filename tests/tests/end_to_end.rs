@@ -7,241 +7,22 @@
 //! bucket, network and SES identity come from `deploy/local/bootstrap.py`, run once.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flightdeck::app::checked;
 use flightdeck::aws::cloudformation::CloudFormation;
 use flightdeck::aws::ec2::Ec2;
 use flightdeck::aws::s3::S3Store;
 use flightdeck::aws::ses::Ses;
-use flightdeck::config::Settings;
 use flightdeck::ports::{CallError, Fetched, ObjectStore, StackService, Template, UpdateOutcome};
 use flightdeck::reconcile::{Cloud, Reconciler};
-use flightdeck_core::identity::{TAG_CLUSTER, TAG_OWNER, TAG_USER};
+use flightdeck_core::identity::{TAG_CLUSTER, TAG_USER};
 use flightdeck_core::plan::StackSpec;
 use flightdeck_core::request::ParameterRule;
 use flightdeck_core::snapshot::ObjectMeta;
 use flightdeck_core::stack::StackView;
-use flightdeck_tests::{Emulator, REGION, unique};
-
-const WAIT: Duration = Duration::from_secs(90);
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
-}
-
-fn venv() -> PathBuf {
-    std::env::var_os("FLIGHTDECK_VENV").map_or_else(|| root().join(".venv"), PathBuf::from)
-}
-
-/// The shared emulator, bootstrapped once with the customizer bucket (alice and bob
-/// enrolled), the network in SSM and the SES identity.
-fn emulator() -> &'static Emulator {
-    static BOOTSTRAPPED: OnceLock<()> = OnceLock::new();
-    let emulator = Emulator::shared();
-    BOOTSTRAPPED.get_or_init(|| {
-        let out = Command::new(venv().join("bin/python"))
-            .arg(root().join("deploy/local/bootstrap.py"))
-            .arg(emulator.endpoint())
-            .output()
-            .expect("running deploy/local/bootstrap.py");
-        assert!(
-            out.status.success(),
-            "bootstrap failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-    emulator
-}
-
-/// One flightdeck install under test: its own bucket, stack prefix and owner.
-struct Site {
-    bucket: String,
-    env: Vec<(String, String)>,
-}
-
-impl Site {
-    async fn new() -> Site {
-        let emulator = emulator();
-        let bucket = unique("users");
-        emulator.create_bucket(&bucket).await;
-        let n = bucket.rsplit('-').next().unwrap().to_owned();
-        let env = [
-            ("FLIGHTDECK_ENDPOINT_URL", emulator.endpoint().to_owned()),
-            ("FLIGHTDECK_BUCKET_NAME", bucket.clone()),
-            (
-                "FLIGHTDECK_STACKS_PREFIX",
-                format!("t{}x{n}", std::process::id()),
-            ),
-            (
-                "FLIGHTDECK_INSTANCE",
-                format!("test-{}-{n}", std::process::id()),
-            ),
-            (
-                "FLIGHTDECK_STACKS_TEMPLATE",
-                root().join("templates/cluster.yaml").display().to_string(),
-            ),
-            ("FLIGHTDECK_RECONCILE_RESYNC_INTERVAL", "1s".into()),
-            ("FLIGHTDECK_RECONCILE_BUSY_INTERVAL", "1s".into()),
-            ("FLIGHTDECK_RECONCILE_ORPHAN_GRACE", "2s".into()),
-            ("FLIGHTDECK_RECONCILE_MAX_ORPHAN_DELETES", "2".into()),
-            ("FLIGHTDECK_HTTP_LISTEN", "127.0.0.1:0".into()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v))
-        .to_vec();
-        Site { bucket, env }
-    }
-
-    fn settings(&self) -> Settings {
-        Settings::load(
-            &root().join("deploy/local/flightdeck.toml"),
-            self.env.clone(),
-        )
-        .expect("test settings")
-    }
-
-    fn stack_name(&self, user: &str, cluster: &str) -> String {
-        let prefix = &self
-            .env
-            .iter()
-            .find(|(k, _)| k == "FLIGHTDECK_STACKS_PREFIX")
-            .unwrap()
-            .1;
-        format!("{prefix}-{user}-{cluster}")
-    }
-
-    fn owner(&self) -> String {
-        self.env
-            .iter()
-            .find(|(k, _)| k == "FLIGHTDECK_INSTANCE")
-            .unwrap()
-            .1
-            .clone()
-    }
-
-    /// The reconciler on the real adapters, with S3 writes and stack mutations counted.
-    async fn reconciler(&self) -> Reconciler<Counted<S3Store>, Counted<CloudFormation>, Ec2, Ses> {
-        let settings = self.settings();
-        let conf = emulator().sdk_config().await;
-        let cloud = Cloud {
-            store: Counted::new(S3Store::new(&conf, self.bucket.clone(), true)),
-            customizer: Counted::new(S3Store::new(&conf, "flightdeck-customizer", true)),
-            stacks: Counted::new(CloudFormation::new(&conf)),
-            instances: Ec2::new(&conf),
-            mailer: Some(Ses::new(&conf, "flightdeck@example.org")),
-        };
-        checked(
-            cloud,
-            settings,
-            std::sync::Arc::new(flightdeck::metrics::Metrics::new(false)),
-        )
-        .await
-        .expect("start-up checks")
-    }
-
-    /// Runs the real `aws` CLI as a user would, against this site's emulator.
-    fn aws(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut cmd = Command::new(venv().join("bin/aws"));
-        cmd.arg("--endpoint-url")
-            .arg(emulator().endpoint())
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_DEFAULT_REGION", REGION)
-            .env_remove("AWS_PROFILE")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("running the aws CLI");
-        if let Some(text) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "aws {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `aws s3 cp - s3://bucket/home/<key>` with `body`.
-    fn user_writes(&self, key: &str, body: &str) {
-        self.aws(
-            &["s3", "cp", "-", &format!("s3://{}/home/{key}", self.bucket)],
-            Some(body),
-        );
-    }
-
-    fn user_removes(&self, key: &str) {
-        self.aws(
-            &["s3", "rm", &format!("s3://{}/home/{key}", self.bucket)],
-            None,
-        );
-    }
-
-    async fn read(&self, key: &str) -> Option<String> {
-        let s3 = emulator().s3().await;
-        let got = s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(format!("home/{key}"))
-            .send()
-            .await
-            .ok()?;
-        let bytes = got.body.collect().await.ok()?.into_bytes();
-        Some(String::from_utf8_lossy(&bytes).into_owned())
-    }
-
-    async fn phase(&self, key: &str) -> String {
-        let status = self
-            .read(key)
-            .await
-            .unwrap_or_else(|| panic!("{key} missing"));
-        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
-        v["phase"].as_str().unwrap().to_owned()
-    }
-
-    /// Every stack carrying this site's owner tag.
-    async fn stacks(&self) -> Vec<StackView> {
-        let cfn = CloudFormation::new(&emulator().sdk_config().await);
-        let owner = self.owner();
-        cfn.list()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|s| s.tags.get(TAG_OWNER) == Some(&owner))
-            .collect()
-    }
-
-    async fn wait_for(&self, key: &str, log: &Path) -> String {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Some(body) = self.read(key).await {
-                return body;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        panic!(
-            "{key} did not appear; controller log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-    }
-}
+use flightdeck_tests::site::{Controller, Site, emulator, flightdeck_command, root, seed};
 
 /// Counts the mutating calls of an adapter, so a test can say "this pass wrote nothing".
 struct Counted<T> {
@@ -318,76 +99,26 @@ impl<T: StackService> StackService for Counted<T> {
     }
 }
 
-/// The controller as a process, stopped with SIGTERM when dropped.
-struct Controller {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Controller {
-    fn start(site: &Site, args: &[&str]) -> Controller {
-        let log = std::env::temp_dir().join(format!("{}.log", unique("flightdeck-controller")));
-        let child = flightdeck_command(site, args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting flightdeck");
-        Controller { child, log }
-    }
-
-    /// Sends SIGTERM and waits for the process to end; returns whether it exited cleanly.
-    fn stop(mut self) -> bool {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let status = self.child.wait().expect("waiting for flightdeck");
-        status.success()
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The `flightdeck` binary of this build, run from the workspace root with the site's
-/// settings and the emulator's credentials.
-fn flightdeck_command(site: &Site, args: &[&str]) -> Command {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let bin = BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "flightdeck",
-                "--bin",
-                "flightdeck",
-            ])
-            .current_dir(root())
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building the flightdeck binary failed");
-        // This test runs from <target>/debug/deps/.
-        let exe = std::env::current_exe().unwrap();
-        exe.parent()
-            .and_then(Path::parent)
-            .unwrap()
-            .join("flightdeck")
-    });
-    let mut cmd = Command::new(bin);
-    cmd.args(args)
-        .current_dir(root())
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env_remove("AWS_PROFILE")
-        .envs(site.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    cmd
-}
-
-fn seed() -> String {
-    std::fs::read_to_string(root().join("examples/cluster.cf-create")).unwrap()
+/// The reconciler on the real adapters, with S3 writes and stack mutations counted.
+async fn reconciler(
+    site: &Site,
+) -> Reconciler<Counted<S3Store>, Counted<CloudFormation>, Ec2, Ses> {
+    let settings = site.settings();
+    let conf = emulator().sdk_config().await;
+    let cloud = Cloud {
+        store: Counted::new(S3Store::new(&conf, site.bucket.clone(), true)),
+        customizer: Counted::new(S3Store::new(&conf, "flightdeck-customizer", true)),
+        stacks: Counted::new(CloudFormation::new(&conf)),
+        instances: Ec2::new(&conf),
+        mailer: Some(Ses::new(&conf, "flightdeck@example.org")),
+    };
+    checked(
+        cloud,
+        settings,
+        std::sync::Arc::new(flightdeck::metrics::Metrics::new(false)),
+    )
+    .await
+    .expect("start-up checks")
 }
 
 #[tokio::test]
@@ -452,7 +183,7 @@ async fn the_seed_example_becomes_one_tagged_stack_and_a_delete_removes_it() {
 #[tokio::test]
 async fn a_quiet_pass_writes_nothing() {
     let site = Site::new().await;
-    let rec = site.reconciler().await;
+    let rec = reconciler(&site).await;
     site.user_writes("alice/x.cf-create", &seed());
     site.user_writes("alice/bad.cf-create", "{ not json");
     site.user_writes("alice/sub/y.cf-create", &seed());
@@ -479,7 +210,7 @@ async fn a_quiet_pass_writes_nothing() {
 #[tokio::test]
 async fn users_never_reach_each_others_clusters() {
     let site = Site::new().await;
-    let rec = site.reconciler().await;
+    let rec = reconciler(&site).await;
     site.user_writes("alice/x.cf-create", &seed());
     rec.resync(false, None).await.unwrap();
     let alice = site.stacks().await;
@@ -522,7 +253,7 @@ async fn users_never_reach_each_others_clusters() {
 #[tokio::test]
 async fn mistakes_are_explained_and_everyone_else_is_served() {
     let site = Site::new().await;
-    let rec = site.reconciler().await;
+    let rec = reconciler(&site).await;
     let seed = seed();
     site.user_writes("alice/good.cf-create", &seed);
     site.user_writes(
@@ -587,7 +318,7 @@ async fn mistakes_are_explained_and_everyone_else_is_served() {
 #[tokio::test]
 async fn a_removed_request_deletes_its_stack_only_after_the_grace_period() {
     let site = Site::new().await;
-    let rec = site.reconciler().await;
+    let rec = reconciler(&site).await;
     site.user_writes("alice/x.cf-create", &seed());
     rec.resync(false, None).await.unwrap();
     rec.resync(false, None).await.unwrap();
@@ -608,7 +339,7 @@ async fn a_removed_request_deletes_its_stack_only_after_the_grace_period() {
 #[tokio::test]
 async fn when_more_requests_vanish_than_the_cap_no_stack_is_deleted() {
     let site = Site::new().await;
-    let rec = site.reconciler().await;
+    let rec = reconciler(&site).await;
     for c in ["a", "b", "c"] {
         site.user_writes(&format!("alice/{c}.cf-create"), &seed());
     }
@@ -673,4 +404,67 @@ async fn a_bad_configuration_stops_start_up_naming_the_setting() {
         err.contains("setting `bucket.name`: cannot list s3://no-such-bucket-here/home/"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_hint_creates_the_cluster_without_waiting_for_the_resync() {
+    let mut site = Site::new().await;
+    let addr = format!("127.0.0.1:{}", flightdeck_tests::site::free_port());
+    let token = "a-hint-token-of-some-length";
+    site.env.extend(
+        [
+            ("FLIGHTDECK_HTTP_LISTEN", addr.clone()),
+            ("FLIGHTDECK_HINT_TOKEN", token.to_owned()),
+            ("FLIGHTDECK_RECONCILE_RESYNC_INTERVAL", "1h".to_owned()),
+            ("FLIGHTDECK_RECONCILE_BUSY_INTERVAL", "1s".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let controller = Controller::start(&site, &["run", "--config", "deploy/local/flightdeck.toml"]);
+    flightdeck_tests::site::wait_ready(&addr, &controller.log);
+    assert_eq!(
+        flightdeck_tests::site::http(&addr, "GET", "/healthz", None, "").0,
+        200
+    );
+
+    site.user_writes("alice/x.cf-create", &seed());
+    let event = flightdeck_tests::site::s3_event(&site.bucket, "home/alice/x.cf-create");
+    let (status, _) = flightdeck_tests::site::http(&addr, "POST", "/hints", None, &event);
+    assert_eq!(status, 401, "no token, no hint");
+    let (status, _) = flightdeck_tests::site::http(
+        &addr,
+        "POST",
+        "/hints",
+        Some("wrong-token-wrong-token"),
+        &event,
+    );
+    assert_eq!(status, 401);
+    let (status, body) = flightdeck_tests::site::http(&addr, "POST", "/hints", Some(token), &event);
+    assert_eq!(
+        (status, body.trim()),
+        (202, r#"{"accepted":1,"ignored":0}"#)
+    );
+
+    // The next resync is an hour away: only the hint can have done this.
+    let created = site.wait_for("alice/x.cf-created", &controller.log).await;
+    assert!(
+        created
+            .lines()
+            .next()
+            .unwrap()
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok(),
+        "{created}"
+    );
+
+    let (_, metrics) = flightdeck_tests::site::http(&addr, "GET", "/metrics", None, "");
+    assert!(
+        metrics.contains("flightdeck_hints_total{outcome=\"accepted\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flightdeck_hints_total{outcome=\"unauthorized\"} 2"),
+        "{metrics}"
+    );
+    assert!(controller.stop(), "SIGTERM ends the controller cleanly");
 }
