@@ -8,16 +8,22 @@
 //! - [`requeue`]: backoff for a cluster whose reconcile failed.
 //! - [`orphan`]: when a stack whose request is gone may be deleted.
 //! - [`snapshot`]: one look at the world, grouped by cluster.
+//! - [`admission`]: whether a request may run: values, limits, lifetimes.
 //! - [`cost`]: what a cluster could cost per hour at full scale.
 //! - [`hint`]: S3 event notifications, reduced to the clusters they name.
+//! - [`money`]: exact dollar amounts.
+//! - [`policy`]: the admission policy (limits.toml): parameters, prices, limits.
 //! - [`plan`]: the reconcile table, `plan(observed) -> actions`.
 
+pub mod admission;
 pub mod cost;
 pub mod hint;
 pub mod identity;
 pub mod key;
+pub mod money;
 pub mod orphan;
 pub mod plan;
+pub mod policy;
 pub mod report;
 pub mod request;
 pub mod requeue;

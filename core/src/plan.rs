@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::admission::{Admitted, Refusal};
 use crate::identity::{Identity, create_token, delete_token, hex_md5, update_token};
 use crate::key::{ClusterKey, Mistake, Suffix, mistake_report_key};
 use crate::orphan::OrphanVerdict;
@@ -55,6 +56,9 @@ pub struct Observed {
     pub enrolled: bool,
     /// The orphan guard's verdict (meaningful only with a stack and no request).
     pub orphan: OrphanVerdict,
+    /// Admission of a valid request under the policy and the user's other clusters; `None`
+    /// when there is nothing to admit or no policy to admit by.
+    pub admission: Option<Result<Admitted, Refusal>>,
 }
 
 /// What the planner needs besides the observation: the install's settings.
@@ -247,6 +251,22 @@ pub fn plan_with_phase(obs: &Observed, ctx: &Context<'_>) -> Planned {
                 etag,
             }
         }
+        (RequestState::Valid { etag, .. }, false) if stack.is_none() => match &obs.admission {
+            Some(Err(refusal)) => Desire::Refused {
+                reason: refusal.message.clone(),
+                etag,
+            },
+            _ => match &obs.request {
+                RequestState::Valid {
+                    request, modified, ..
+                } => Desire::Exist {
+                    request,
+                    etag,
+                    modified: *modified,
+                },
+                _ => Desire::Nothing,
+            },
+        },
         (
             RequestState::Valid {
                 request,
@@ -455,28 +475,37 @@ fn decide(
         ) => {
             let wanted = ctx.rules.stack_parameters(request, key);
             let changed = changed_keys(request.parameters.keys(), &s.parameters, &wanted);
-            match changed.iter().find(|k| !ctx.updatable.contains(*k)) {
-                Some(fixed) => {
-                    let reason = format!(
+            let refusal = match changed.iter().find(|k| !ctx.updatable.contains(*k)) {
+                Some(fixed) => Some((
+                    format!(
                         "`{fixed}` cannot change on a running cluster (it is `{}`, the request asks for `{}`)",
                         s.parameters.get(fixed).map_or("unset", String::as_str),
                         wanted.get(fixed).map_or("unset", String::as_str),
-                    );
-                    let advice = format!(
+                    ),
+                    format!(
                         "The cluster is left as it was. To change it, write {c}.cf-delete, wait for {c}.cf-deleted, then write {c}.cf-create again; or put the old value back.",
                         c = key.cluster
-                    );
-                    Decision {
-                        failed: Want::Body(failed_body(&reason, &advice)),
-                        ..Decision::report(status(
-                            key,
-                            Phase::Ready,
-                            &format!("change refused: {reason}"),
-                            Some(s),
-                            Some(etag),
-                        ))
-                    }
-                }
+                    ),
+                )),
+                None => match &obs.admission {
+                    Some(Err(refusal)) => Some((
+                        refusal.message.clone(),
+                        "The cluster is left as it was. Change the request to fit, or put the old values back.".to_owned(),
+                    )),
+                    _ => None,
+                },
+            };
+            match refusal {
+                Some((reason, advice)) => Decision {
+                    failed: Want::Body(failed_body(&reason, &advice)),
+                    ..Decision::report(status(
+                        key,
+                        Phase::Ready,
+                        &format!("change refused: {reason}"),
+                        Some(s),
+                        Some(etag),
+                    ))
+                },
                 None => Decision {
                     stack: Some(Action::UpdateStack(StackSpec {
                         name: s.name.clone(),

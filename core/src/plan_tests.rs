@@ -42,10 +42,9 @@ fn seed() -> Request {
 }
 
 fn changed(key: &str, value: &str) -> Request {
-    let mut r = seed();
-    r.parameters.insert(key.into(), value.into());
-    r.hash = crate::request::request_hash(&r.parameters);
-    r
+    let mut parameters = seed().parameters;
+    parameters.insert(key.into(), value.into());
+    Request::new(parameters, None)
 }
 
 fn valid(request: Request) -> RequestState {
@@ -89,7 +88,15 @@ fn base() -> Observed {
         stack: None,
         enrolled: true,
         orphan: OrphanVerdict::NotJudged,
+        admission: None,
     }
+}
+
+fn refused(message: &str) -> Option<Result<crate::admission::Admitted, crate::admission::Refusal>> {
+    Some(Err(crate::admission::Refusal {
+        rule: "max_nodes",
+        message: message.into(),
+    }))
 }
 
 fn with_markers(mut o: Observed, markers: &[Suffix]) -> Observed {
@@ -166,6 +173,39 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
                 "status Creating",
                 "soon",
             ],
+        ),
+        (
+            "valid request over the user's limits, no stack: refused, nothing created",
+            Observed {
+                request: valid(s.clone()),
+                admission: refused(
+                    "`ComputeMaxNodes`=25 exceeds your limit of 16 (group students)",
+                ),
+                ..o()
+            },
+            vec!["put x.cf-failed", "status Failed"],
+        ),
+        (
+            "valid request over the user's limits, running with the same request: left alone",
+            Observed {
+                request: valid(s.clone()),
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                admission: refused("over"),
+                ..o()
+            },
+            vec!["put x.cf-created", "status Ready", "notify Ready"],
+        ),
+        (
+            "valid request changed beyond the user's limits: update refused, cluster kept",
+            Observed {
+                request: valid(changed("ComputeMaxNodes", "30")),
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                admission: refused(
+                    "`ComputeMaxNodes`=30 exceeds your limit of 16 (group students)",
+                ),
+                ..o()
+            },
+            vec!["put x.cf-failed", "status Ready"],
         ),
         (
             "valid request, CREATE_IN_PROGRESS: creating, look again soon",

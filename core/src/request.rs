@@ -96,7 +96,7 @@ impl RequestRules {
         })
     }
 
-    /// The parameters users may set.
+    /// The parameters users may set (and `Lifetime`).
     pub fn settable(&self) -> impl Iterator<Item = &str> {
         self.settable.keys().map(String::as_str)
     }
@@ -119,13 +119,34 @@ impl RequestRules {
     }
 }
 
+/// The request key that asks for a lifetime (`"8h"`, `"3d"`); not a template parameter.
+pub const LIFETIME: &str = "Lifetime";
+
 /// A checked, normalised request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// The user's parameters, normalised: numbers as text, instance-type labels resolved.
     pub parameters: BTreeMap<String, String>,
-    /// Hash of the normalised parameters (the `flightdeck:request` tag).
+    /// The lifetime asked for, as written.
+    pub lifetime: Option<String>,
+    /// Hash of the normalised parameters and lifetime (the `flightdeck:request` tag).
     pub hash: String,
+}
+
+impl Request {
+    /// A request from normalised parameters and a lifetime, with its hash.
+    pub fn new(parameters: BTreeMap<String, String>, lifetime: Option<String>) -> Request {
+        let mut hashed = parameters.clone();
+        if let Some(l) = &lifetime {
+            hashed.insert(LIFETIME.to_owned(), l.clone());
+        }
+        let hash = request_hash(&hashed);
+        Request {
+            parameters,
+            lifetime,
+            hash,
+        }
+    }
 }
 
 /// Why a request is refused. The message is what the user reads.
@@ -249,9 +270,22 @@ pub fn parse_request(bytes: &[u8], rules: &RequestRules) -> Result<Request, Requ
         });
     };
     let mut parameters = BTreeMap::new();
+    let mut lifetime = None;
     for (key, value) in map {
         if RESERVED.contains(&key.as_str()) {
             return Err(RequestError::Reserved { key });
+        }
+        if key == LIFETIME {
+            match value {
+                serde_json::Value::String(s) => lifetime = Some(s.trim().to_owned()),
+                other => {
+                    return Err(RequestError::ValueType {
+                        key,
+                        found: json_kind(&other),
+                    });
+                }
+            }
+            continue;
         }
         let Some(rule) = rules.settable.get(&key) else {
             return Err(unknown_key(key, rules));
@@ -277,8 +311,7 @@ pub fn parse_request(bytes: &[u8], rules: &RequestRules) -> Result<Request, Requ
     {
         return Err(RequestError::Missing { key: key.clone() });
     }
-    let hash = request_hash(&parameters);
-    Ok(Request { parameters, hash })
+    Ok(Request::new(parameters, lifetime))
 }
 
 /// Hash of normalised parameters: SHA-256 over `key=value` lines in key order, 16 hex digits.
@@ -406,7 +439,11 @@ fn unknown_key(key: String, rules: &RequestRules) -> RequestError {
         hint: close
             .map(|k| format!(" (did you mean `{k}`?)"))
             .unwrap_or_default(),
-        allowed: rules.settable().collect::<Vec<_>>().join(", "),
+        allowed: rules
+            .settable()
+            .chain([LIFETIME])
+            .collect::<Vec<_>>()
+            .join(", "),
         key: shorten(&key),
     }
 }
