@@ -42,10 +42,7 @@ pub async fn aws_cloud(settings: &Settings, metrics: &Arc<Metrics>) -> AwsCloud 
     };
     let conf = load(&aws).await;
     let path_style = aws.s3_path_style();
-    let customizer_bucket = settings
-        .enrolment
-        .as_ref()
-        .map_or(settings.bucket.clone(), |e| e.bucket.clone());
+    let customizer_bucket = settings.enrolment.bucket.clone();
     let counted = |inner| Instrumented::new(inner, metrics.clone());
     Cloud {
         store: counted(S3Store::new(&conf, settings.bucket.clone(), path_style)),
@@ -97,9 +94,8 @@ where
             settings.home_prefix
         );
     }
-    if let Some(enrolment) = &settings.enrolment
-        && let Err(e) = cloud.customizer.any_under(&enrolment.prefix).await
-    {
+    let enrolment = &settings.enrolment;
+    if let Err(e) = cloud.customizer.any_under(&enrolment.prefix).await {
         bail!(
             "setting `customizer.bucket`: cannot list s3://{}/{}: {e}",
             enrolment.bucket,
@@ -117,26 +113,14 @@ where
         &settings.user_parameters,
     )
     .map_err(|e| {
-        let setting = match e {
-            RulesError::UnknownSettable(_) | RulesError::SettableFixed(_) => {
-                "stacks.user_parameters"
-            }
+        let setting = match &e {
+            RulesError::UnknownSettable(_) | RulesError::SettableFixed(_) => "policy",
+            RulesError::UnknownFixed(name) if settings.policy.fixed.contains_key(name) => "policy",
             RulesError::UnknownFixed(_) => "stacks.parameters",
             RulesError::MissingReserved(_) => "stacks.template",
         };
         anyhow::anyhow!("setting `{setting}`: {e}")
     })?;
-    let settable: Vec<&str> = rules.settable().collect();
-    if let Some(key) = settings
-        .updatable
-        .iter()
-        .find(|k| !settable.contains(&k.as_str()))
-    {
-        bail!(
-            "setting `stacks.updatable`: `{key}` is not a parameter users can set (they can set: {})",
-            settable.join(", ")
-        );
-    }
     let rec = Reconciler::new(cloud, settings, rules, metrics);
     rec.load_delivered()
         .await
@@ -163,7 +147,10 @@ mod tests {
         std::fs::write(dir.join("t.yaml"), "Resources: {}\n").unwrap();
         let config = dir.join("c.toml");
         let text = format!(
-            "instance = \"i\"\n[bucket]\nname = \"users\"\n[stacks]\ntemplate = \"{}\"\n[customizer]\nbucket = \"cust\"\n",
+            "instance = \"i\"\npolicy = \"{}\"\n[bucket]\nname = \"users\"\n[stacks]\ntemplate = \"{}\"\n[customizer]\nbucket = \"cust\"\n",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../policies/limits.toml")
+                .display(),
             dir.join("t.yaml").display()
         );
         std::fs::write(&config, text).unwrap();
@@ -199,18 +186,6 @@ mod tests {
         format!("{:#}", result.err().expect("start-up should fail"))
     }
 
-    const SEED_KEYS: [&str; 9] = [
-        "ComputeInstanceType",
-        "ComputeInstanceTypeOther",
-        "ComputeSpotPrice",
-        "ComputeMaxNodes",
-        "ComputeInitialNodes",
-        "MasterInstanceType",
-        "MasterInstanceTypeOther",
-        "MasterSystemVolumeSize",
-        "AutoscalingPolicy",
-    ];
-
     #[test]
     fn an_unlistable_bucket_stops_start_up_naming_the_setting() {
         let c = cloud(&[]);
@@ -226,19 +201,12 @@ mod tests {
 
     #[test]
     fn a_template_without_the_user_parameters_stops_start_up() {
-        let e = error(cloud(&["AccessUsername", "FlightProfiles"]), settings());
-        assert!(e.starts_with("setting `stacks.user_parameters`: user parameter `AutoscalingPolicy` is not a parameter of the template"), "{e}");
-    }
-
-    #[test]
-    fn an_updatable_parameter_users_cannot_set_stops_start_up() {
-        let mut s = settings();
-        s.updatable.insert("VpcId".into());
-        let mut params: Vec<&str> = SEED_KEYS.to_vec();
-        params.extend(["AccessUsername", "FlightProfiles", "VpcId"]);
-        let e = error(cloud(&params), s);
+        let e = error(
+            cloud(&["AccessUsername", "FlightProfiles", "CustomizerPrefix"]),
+            settings(),
+        );
         assert!(
-            e.starts_with("setting `stacks.updatable`: `VpcId` is not a parameter users can set"),
+            e.starts_with("setting `policy`: user parameter `AutoscalingPolicy` is not a parameter of the template"),
             "{e}"
         );
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use flightdeck_core::identity::Identity;
 use flightdeck_core::orphan::{OrphanPolicy, OrphanSettings};
+use flightdeck_core::policy::{Policy, parse_duration};
 use serde::Deserialize;
 
 use crate::ports::Template;
@@ -17,7 +18,7 @@ use crate::ports::Template;
 pub const MAX_TEMPLATE_BODY: usize = 51_200;
 
 /// Sections of the file, for the environment overrides.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 7] = [
     "bucket",
     "stacks",
     "customizer",
@@ -25,10 +26,9 @@ const SECTIONS: [&str; 8] = [
     "notify",
     "http",
     "metrics",
-    "pricing",
 ];
 /// Top-level keys, for the environment overrides.
-const TOP_LEVEL: [&str; 4] = ["instance", "region", "endpoint_url", "log_format"];
+const TOP_LEVEL: [&str; 5] = ["instance", "region", "endpoint_url", "log_format", "policy"];
 /// `FLIGHTDECK_PARAMETER_<Name>` sets the fixed template parameter `<Name>`.
 const PARAMETER_ENV: &str = "PARAMETER_";
 /// The hint token, when not in a file (`http.hint_token_file`).
@@ -55,6 +55,16 @@ pub enum ConfigError {
         path: PathBuf,
         /// The parser's words, with line and column.
         message: String,
+    },
+    /// The policy file does not parse or contradicts itself.
+    #[error("policy file {path}, line {line}: {reason}")]
+    Policy {
+        /// The file.
+        path: PathBuf,
+        /// The line at fault (0: the file as a whole).
+        line: usize,
+        /// Why.
+        reason: String,
     },
     /// A setting has a value that cannot work.
     #[error("setting `{setting}`: {reason}")]
@@ -104,8 +114,12 @@ struct File {
     http: HttpFile,
     #[serde(default)]
     metrics: MetricsFile,
-    #[serde(default)]
-    pricing: BTreeMap<String, f64>,
+    #[serde(default = "default_policy")]
+    policy: PathBuf,
+}
+
+fn default_policy() -> PathBuf {
+    "policies/limits.toml".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,10 +181,6 @@ struct StacksFile {
     service_role_arn: String,
     #[serde(default)]
     parameters: BTreeMap<String, String>,
-    #[serde(default = "default_user_parameters")]
-    user_parameters: Vec<String>,
-    #[serde(default = "default_updatable")]
-    updatable: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,8 +190,6 @@ struct CustomizerFile {
     bucket: String,
     #[serde(default = "default_customizer_prefix")]
     prefix: String,
-    #[serde(default = "default_true")]
-    require_enrolment: bool,
 }
 
 impl Default for CustomizerFile {
@@ -189,7 +197,6 @@ impl Default for CustomizerFile {
         CustomizerFile {
             bucket: String::new(),
             prefix: default_customizer_prefix(),
-            require_enrolment: true,
         }
     }
 }
@@ -254,36 +261,8 @@ fn default_login_output() -> String {
 fn default_login_resource() -> String {
     "Master".into()
 }
-fn default_user_parameters() -> Vec<String> {
-    [
-        "ComputeInstanceType",
-        "ComputeInstanceTypeOther",
-        "ComputeSpotPrice",
-        "ComputeMaxNodes",
-        "ComputeInitialNodes",
-        "MasterInstanceType",
-        "MasterInstanceTypeOther",
-        "MasterSystemVolumeSize",
-        "AutoscalingPolicy",
-    ]
-    .map(String::from)
-    .into()
-}
-fn default_updatable() -> Vec<String> {
-    [
-        "ComputeMaxNodes",
-        "ComputeInitialNodes",
-        "ComputeSpotPrice",
-        "AutoscalingPolicy",
-    ]
-    .map(String::from)
-    .into()
-}
 fn default_customizer_prefix() -> String {
     "customizer/".into()
-}
-fn default_true() -> bool {
-    true
 }
 fn default_resync() -> String {
     "60s".into()
@@ -304,7 +283,7 @@ fn default_concurrency() -> usize {
     8
 }
 
-/// Where the customizer folders are, when enrolment is required.
+/// Where the customizer folders are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enrolment {
     /// The customizer bucket.
@@ -389,16 +368,18 @@ pub struct Settings {
     pub template: Template,
     /// Admin-fixed template parameters (`${user}`, `${cluster}` substituted).
     pub fixed_parameters: BTreeMap<String, String>,
-    /// Parameters users may set in a request (the older design's nine by default).
+    /// Parameters users may set in a request (the policy's `[parameters]`).
     pub user_parameters: BTreeSet<String>,
-    /// Parameters that may change on a running cluster.
+    /// Parameters that may change on a running cluster (the policy's `updatable`).
     pub updatable: BTreeSet<String>,
+    /// The admission policy.
+    pub policy: Policy,
     /// The template output holding the login address.
     pub login_output: String,
     /// The login instance's logical id, for the EC2 fallback.
     pub login_resource: String,
-    /// Customizer enrolment, when required.
-    pub enrolment: Option<Enrolment>,
+    /// Where users' customizer folders are (the policy says whether one is required).
+    pub enrolment: Enrolment,
     /// Full resync period.
     pub resync_interval: Duration,
     /// How soon to look again at a cluster whose stack is changing.
@@ -413,8 +394,6 @@ pub struct Settings {
     pub http: Http,
     /// Per-user metric series.
     pub per_user_metrics: bool,
-    /// On-demand prices in dollars per hour, for the cost estimate.
-    pub pricing: flightdeck_core::cost::PriceTable,
 }
 
 impl Settings {
@@ -453,7 +432,18 @@ impl Settings {
                 format!("cannot read {}: {e}", file.stacks.template.display()),
             )
         })?;
-        validate(file, template_body, env_token)
+        let policy_text = std::fs::read_to_string(&file.policy).map_err(|e| {
+            invalid(
+                "policy",
+                format!("cannot read {}: {e}", file.policy.display()),
+            )
+        })?;
+        let policy = Policy::parse(&policy_text).map_err(|e| ConfigError::Policy {
+            path: file.policy.clone(),
+            line: e.line,
+            reason: e.reason,
+        })?;
+        validate(file, template_body, policy, env_token)
     }
 }
 
@@ -510,8 +500,27 @@ fn env_value(raw: &str) -> toml::Value {
 fn validate(
     file: File,
     template_body: String,
+    policy: Policy,
     env_token: Option<String>,
 ) -> Result<Settings, ConfigError> {
+    let mut fixed_parameters = policy.fixed.clone();
+    for (name, value) in &file.stacks.parameters {
+        if fixed_parameters.contains_key(name) {
+            return Err(invalid(
+                "stacks.parameters",
+                format!("`{name}` is fixed in the policy file too; fix it in one place"),
+            ));
+        }
+        if policy.parameters.contains_key(name) {
+            return Err(invalid(
+                "stacks.parameters",
+                format!(
+                    "`{name}` is a parameter users may set in the policy file; it cannot also be fixed"
+                ),
+            ));
+        }
+        fixed_parameters.insert(name.clone(), value.clone());
+    }
     let identity = Identity::new(&file.stacks.prefix, &file.instance).map_err(|e| {
         let setting = match e {
             flightdeck_core::identity::IdentityError::Prefix(_) => "stacks.prefix",
@@ -575,22 +584,18 @@ fn validate(
             ));
         }
     }
-    let enrolment = if file.customizer.require_enrolment {
-        if file.customizer.bucket.trim().is_empty() {
-            return Err(invalid(
-                "customizer.bucket",
-                "must be set while customizer.require_enrolment is true",
-            ));
-        }
-        if !file.customizer.prefix.ends_with('/') {
-            return Err(invalid("customizer.prefix", "must end in `/`"));
-        }
-        Some(Enrolment {
-            bucket: file.customizer.bucket,
-            prefix: file.customizer.prefix,
-        })
-    } else {
-        None
+    if file.customizer.bucket.trim().is_empty() {
+        return Err(invalid(
+            "customizer.bucket",
+            "must name the customizer bucket",
+        ));
+    }
+    if !file.customizer.prefix.ends_with('/') {
+        return Err(invalid("customizer.prefix", "must end in `/`"));
+    }
+    let enrolment = Enrolment {
+        bucket: file.customizer.bucket,
+        prefix: file.customizer.prefix,
     };
     let r = &file.reconcile;
     let resync_interval = duration("reconcile.resync_interval", &r.resync_interval)?;
@@ -644,16 +649,6 @@ fn validate(
         None
     };
     let http = http(file.http, env_token)?;
-    if let Some((ty, price)) = file
-        .pricing
-        .iter()
-        .find(|(_, p)| !p.is_finite() || **p < 0.0)
-    {
-        return Err(invalid(
-            "pricing",
-            format!("`{ty}` = {price} is not a price in dollars per hour"),
-        ));
-    }
     Ok(Settings {
         identity,
         region: file.region.filter(|r| !r.is_empty()),
@@ -666,9 +661,9 @@ fn validate(
             body: template_body,
             role_arn,
         },
-        fixed_parameters: file.stacks.parameters,
-        user_parameters: file.stacks.user_parameters.into_iter().collect(),
-        updatable: file.stacks.updatable.into_iter().collect(),
+        fixed_parameters,
+        user_parameters: policy.settable(),
+        updatable: policy.updatable(),
         login_output: file.stacks.login_output,
         login_resource: file.stacks.login_resource,
         enrolment,
@@ -683,7 +678,7 @@ fn validate(
         notify,
         http,
         per_user_metrics: file.metrics.per_user,
-        pricing: file.pricing,
+        policy,
     })
 }
 
@@ -728,24 +723,15 @@ fn http(file: HttpFile, env_token: Option<String>) -> Result<Http, ConfigError> 
 /// # Errors
 /// [`ConfigError::Invalid`] naming `setting`.
 pub fn duration(setting: &str, text: &str) -> Result<Duration, ConfigError> {
-    let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, "s"), |i| text.split_at(i));
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => 0,
-    };
-    match number.parse::<u64>() {
-        Ok(n) if n > 0 && scale > 0 => Ok(Duration::from_secs(n * scale)),
-        _ => Err(invalid(
+    parse_duration(text).ok_or_else(|| {
+        invalid(
             setting,
-            format!("`{text}` is not a duration above zero like 90s, 10m, 2h or 1d"),
-        )),
-    }
+            format!(
+                "`{}` is not a duration above zero like 90s, 10m, 2h or 1d",
+                text.trim()
+            ),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -754,6 +740,7 @@ mod tests {
 
     const MINIMAL: &str = r#"
 instance = "site-a"
+policy = "POLICY"
 [bucket]
 name = "users"
 [stacks]
@@ -771,10 +758,13 @@ bucket = "cust"
         std::fs::create_dir_all(&dir).unwrap();
         let template = dir.join("t.yaml");
         std::fs::write(&template, "Resources: {}\n").unwrap();
+        let policy = dir.join("limits.toml");
+        std::fs::write(&policy, "version = 1\n[parameters.ComputeMaxNodes]\nrange = [1, 8]\nupdatable = true\n[fixed]\nSshCidr = \"10.0.0.0/8\"\n").unwrap();
         let path = dir.join("flightdeck.toml");
         std::fs::write(
             &path,
-            text.replace("TEMPLATE", &template.display().to_string()),
+            text.replace("TEMPLATE", &template.display().to_string())
+                .replace("POLICY", &policy.display().to_string()),
         )
         .unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
@@ -801,10 +791,7 @@ bucket = "cust"
         assert_eq!(s.orphans.policy, OrphanPolicy::Delete);
         assert_eq!(s.login_output, "LoginIp");
         assert!(s.template.role_arn.is_none());
-        assert_eq!(
-            s.enrolment.unwrap().folder("alice"),
-            "customizer/alice/configure.d/"
-        );
+        assert_eq!(s.enrolment.folder("alice"), "customizer/alice/configure.d/");
         assert!(s.notify.is_none());
         assert_eq!(
             s.identity
@@ -821,7 +808,7 @@ bucket = "cust"
                 ("FLIGHTDECK_ENDPOINT_URL", "http://127.0.0.1:5050"),
                 ("FLIGHTDECK_RECONCILE_RESYNC_INTERVAL", "5m"),
                 ("FLIGHTDECK_RECONCILE_MAX_ORPHAN_DELETES", "2"),
-                ("FLIGHTDECK_PARAMETER_SshCidr", "10.0.0.0/8"),
+                ("FLIGHTDECK_PARAMETER_ImageId", "/custom/image"),
                 ("FLIGHTDECK_EMULATOR_PORT", "5050"),
                 ("OTHER", "x"),
             ],
@@ -830,7 +817,12 @@ bucket = "cust"
         assert_eq!(s.endpoint_url.as_deref(), Some("http://127.0.0.1:5050"));
         assert_eq!(s.resync_interval, Duration::from_secs(300));
         assert_eq!(s.orphans.max_deletes, 2);
-        assert_eq!(s.fixed_parameters["SshCidr"], "10.0.0.0/8");
+        assert_eq!(s.fixed_parameters["ImageId"], "/custom/image");
+        assert_eq!(
+            s.fixed_parameters["SshCidr"], "10.0.0.0/8",
+            "the policy's fixed parameters join the config's"
+        );
+        assert_eq!(s.updatable, BTreeSet::from(["ComputeMaxNodes".to_string()]));
     }
 
     #[test]
@@ -949,6 +941,28 @@ bucket = "cust"
             ..n
         };
         assert_eq!(operators_only.recipients("bob"), ["ops@example.org"]);
+    }
+
+    #[test]
+    fn a_broken_policy_stops_start_up_with_its_line() {
+        let dir = std::env::temp_dir().join(format!("flightdeck-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.toml");
+        std::fs::write(
+            &bad,
+            "version = 1\n\n[parameters.ComputeMaxNodes]\nrange = [9, 1]\n",
+        )
+        .unwrap();
+        let path = bad.display().to_string();
+        let e = load(MINIMAL, &[("FLIGHTDECK_POLICY", path.as_str())]).unwrap_err();
+        let text = e.to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            text.starts_with(&format!(
+                "policy file {path}, line 3: `ComputeMaxNodes`: range [9, 1] is empty"
+            )),
+            "{text}"
+        );
     }
 
     #[test]

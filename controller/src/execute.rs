@@ -108,6 +108,8 @@ where
         {
             Ok(id) => {
                 info!(user = %key.user, cluster = %key.cluster, stack = %spec.name, stack_id = %id, "stack create started");
+                self.lock_usage()
+                    .set(key, &spec.parameters, &self.settings.policy.prices);
                 Ok(Flow::Go)
             }
             Err(e) if e.kind == ErrorKind::AlreadyExists => {
@@ -149,6 +151,8 @@ where
             .await
         {
             Ok(UpdateOutcome::Started) => {
+                self.lock_usage()
+                    .set(key, &spec.parameters, &self.settings.policy.prices);
                 info!(user = %key.user, cluster = %key.cluster, stack = %spec.name, "stack update started");
                 Ok(Flow::Go)
             }
@@ -184,6 +188,7 @@ where
             return Ok(());
         }
         self.cloud.stacks.delete(id, token).await?;
+        self.lock_usage().remove(key);
         info!(user = %key.user, cluster = %key.cluster, stack = %name, "stack delete started");
         Ok(())
     }

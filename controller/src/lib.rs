@@ -14,6 +14,7 @@
 pub mod app;
 pub mod aws;
 pub mod config;
+pub mod enrol;
 pub mod execute;
 pub mod fake;
 pub mod http;

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flightdeck_core::cost::hourly_at_full_scale;
+use flightdeck_core::admission::{Usage, admit, cost_of};
 use flightdeck_core::key::{ClusterKey, Suffix};
+use flightdeck_core::money::Dollars;
 use flightdeck_core::orphan::{OrphanTracker, OrphanVerdict};
 use flightdeck_core::plan::{
     Action, Context, Observed, RequestState, plan_mistakes, plan_with_phase,
@@ -72,8 +73,74 @@ pub struct PassReport {
 struct CachedRequest {
     etag: String,
     state: RequestState,
-    /// The refusal for enrolment was counted already.
-    counted_enrolment: bool,
+    /// A refusal of this content (enrolment, admission) was counted already.
+    counted_refusal: bool,
+}
+
+/// What each user's clusters take up, by cluster: rebuilt from the stacks at every full
+/// resync, and kept up to date as this controller creates, updates and deletes. Admission
+/// of a user's clusters happens one at a time (a lock per user), so two requests of one
+/// user can never both take the last of a limit.
+#[derive(Default)]
+pub(crate) struct UsageBook {
+    by_user: HashMap<String, BTreeMap<String, (u64, Option<Dollars>)>>,
+}
+
+impl UsageBook {
+    /// What `user`'s clusters other than `cluster` take up.
+    pub(crate) fn usage_of(&self, user: &str, cluster: &str) -> Usage {
+        let mut usage = Usage::default();
+        for (c, (nodes, cost)) in self.by_user.get(user).into_iter().flatten() {
+            if c != cluster {
+                usage.add(*nodes, *cost);
+            }
+        }
+        usage
+    }
+
+    /// Records what a cluster takes up, from its stack parameters.
+    pub(crate) fn set(
+        &mut self,
+        key: &ClusterKey,
+        parameters: &BTreeMap<String, String>,
+        prices: &BTreeMap<String, Dollars>,
+    ) {
+        let nodes = parameters
+            .get("ComputeMaxNodes")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        self.by_user
+            .entry(key.user.clone())
+            .or_default()
+            .insert(key.cluster.clone(), (nodes, cost_of(parameters, prices)));
+    }
+
+    /// Forgets a cluster.
+    pub(crate) fn remove(&mut self, key: &ClusterKey) {
+        if let Some(m) = self.by_user.get_mut(&key.user) {
+            m.remove(&key.cluster);
+        }
+    }
+
+    /// Starts again from the stacks of a full listing.
+    fn rebuild(
+        &mut self,
+        stacks: &BTreeMap<ClusterKey, StackView>,
+        prices: &BTreeMap<String, Dollars>,
+    ) {
+        self.by_user.clear();
+        for (key, stack) in stacks {
+            if matches!(
+                stack.phase(),
+                StackPhase::Stable
+                    | StackPhase::UpdateRolledBack
+                    | StackPhase::Creating
+                    | StackPhase::Busy
+            ) {
+                self.set(key, &stack.parameters, prices);
+            }
+        }
+    }
 }
 
 /// Details of a stack that cost extra calls, by stack id and last change.
@@ -91,6 +158,8 @@ pub struct Reconciler<S, C, E, M> {
     pub(crate) rules: RequestRules,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) delivered: Mutex<BTreeSet<String>>,
+    pub(crate) usage: Mutex<UsageBook>,
+    user_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The outbox may hold notices to send (true at start-up: unknown).
     pub(crate) outbox_pending: std::sync::atomic::AtomicBool,
     requests: Mutex<HashMap<String, CachedRequest>>,
@@ -119,6 +188,8 @@ where
             rules,
             metrics,
             delivered: Mutex::default(),
+            usage: Mutex::default(),
+            user_locks: Mutex::default(),
             outbox_pending: std::sync::atomic::AtomicBool::new(true),
             requests: Mutex::default(),
             details: Mutex::default(),
@@ -206,6 +277,8 @@ where
             );
         }
         self.forget_unseen(&snap);
+        self.lock_usage()
+            .rebuild(&snap.stacks, &self.settings.policy.prices);
         let outcomes: BTreeMap<ClusterKey, KeyOutcome> = futures::stream::iter(snap.keys())
             .map(|key| {
                 let files = snap.files.get(&key).cloned().unwrap_or_default();
@@ -304,6 +377,8 @@ where
         orphan: OrphanVerdict,
         dry_run: bool,
     ) -> KeyOutcome {
+        let user_lock = self.user_lock(&key.user);
+        let _one_at_a_time = user_lock.lock().await;
         let observed = match self.observe(key, files, stack, orphan).await {
             Ok(o) => o,
             Err(e) => {
@@ -321,7 +396,9 @@ where
         };
         let costs = |outcome: KeyOutcome| KeyOutcome {
             phase: planned.phase,
-            cost: parameters.and_then(|p| hourly_at_full_scale(p, &self.settings.pricing)),
+            cost: parameters
+                .and_then(|p| cost_of(p, &self.settings.policy.prices))
+                .map(Dollars::as_f64),
             max_nodes: parameters
                 .and_then(|p| p.get("ComputeMaxNodes"))
                 .and_then(|n| n.parse().ok()),
@@ -349,25 +426,35 @@ where
             None => RequestState::Absent,
             Some(meta) => self.request(key, meta).await?,
         };
-        let needs_enrolment =
+        let creating =
             matches!(request, RequestState::Valid { .. }) && stack.is_none() && !files.delete;
-        let enrolled = match (&self.settings.enrolment, needs_enrolment) {
-            (Some(e), true) => {
-                self.cloud
-                    .customizer
-                    .any_under(&e.folder(&key.user))
-                    .await?
-            }
-            _ => true,
+        let enrolled = if creating && self.settings.policy.limits_of(&key.user).require_enrolment {
+            self.cloud
+                .customizer
+                .any_under(&self.settings.enrolment.folder(&key.user))
+                .await?
+        } else {
+            true
         };
-        if !enrolled && let Some(meta) = &files.create {
+        let admission = match &request {
+            RequestState::Valid { request, .. } => {
+                let usage = self.lock_usage().usage_of(&key.user, &key.cluster);
+                Some(admit(&self.settings.policy, &key.user, request, &usage))
+            }
+            _ => None,
+        };
+        let refusal = match (&admission, enrolled) {
+            (_, false) => Some(("not_enrolled", "the user is not enrolled".to_owned())),
+            (Some(Err(r)), true) => Some((r.rule, r.message.clone())),
+            _ => None,
+        };
+        if let (Some((rule, message)), Some(meta)) = (refusal, &files.create) {
             let first = self
                 .lock_requests()
                 .get_mut(&meta.key)
-                .is_some_and(|c| !std::mem::replace(&mut c.counted_enrolment, true));
+                .is_some_and(|c| !std::mem::replace(&mut c.counted_refusal, true));
             if first {
-                self.metrics
-                    .refused(key, "not_enrolled", "the user is not enrolled");
+                self.metrics.refused(key, rule, &message);
             }
         }
         let stack = match stack {
@@ -382,6 +469,7 @@ where
             stack,
             enrolled,
             orphan,
+            admission,
         })
     }
 
@@ -438,7 +526,7 @@ where
             CachedRequest {
                 etag,
                 state: state.clone(),
-                counted_enrolment: false,
+                counted_refusal: false,
             },
         );
         Ok(state)
@@ -520,6 +608,22 @@ where
         self.details
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn lock_usage(&self) -> std::sync::MutexGuard<'_, UsageBook> {
+        self.usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The lock under which one user's clusters are looked at, one at a time.
+    fn user_lock(&self, user: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.user_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(user.to_owned())
+            .or_default()
+            .clone()
     }
 
     fn lock_orphans(&self) -> std::sync::MutexGuard<'_, OrphanTracker> {

@@ -46,12 +46,13 @@ fn settings(grace: Duration, max_deletes: usize) -> Settings {
         fixed_parameters: BTreeMap::new(),
         user_parameters: USER_KEYS.map(String::from).into(),
         updatable: BTreeSet::from(["ComputeMaxNodes".to_string()]),
+        policy: test_policy(),
         login_output: "LoginIp".into(),
         login_resource: "Master".into(),
-        enrolment: Some(Enrolment {
+        enrolment: Enrolment {
             bucket: "cust".into(),
             prefix: "customizer/".into(),
-        }),
+        },
         resync_interval: Duration::from_secs(60),
         busy_interval: Duration::from_secs(5),
         orphans: OrphanSettings {
@@ -72,8 +73,19 @@ fn settings(grace: Duration, max_deletes: usize) -> Settings {
             max_hint_bytes: 4096,
         },
         per_user_metrics: false,
-        pricing: BTreeMap::from([("r4.large".to_string(), 0.133)]),
     }
+}
+
+/// The nine keys of the example, any value, no limits but enrolment.
+fn test_policy() -> flightdeck_core::policy::Policy {
+    let mut text = String::from("version = 1\n[prices]\n\"r4.large\" = \"0.133\"\n");
+    for key in USER_KEYS {
+        text.push_str(&format!("[parameters.{key}]\n"));
+        if key == "ComputeMaxNodes" {
+            text.push_str("updatable = true\n");
+        }
+    }
+    flightdeck_core::policy::Policy::parse(&text).unwrap()
 }
 
 fn rec_with(settings: Settings) -> Rec {

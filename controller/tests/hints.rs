@@ -51,7 +51,10 @@ fn reconciler() -> Rec {
         updatable: BTreeSet::from(["ComputeMaxNodes".to_string()]),
         login_output: "LoginIp".into(),
         login_resource: "Master".into(),
-        enrolment: None,
+        enrolment: flightdeck::config::Enrolment {
+            bucket: "cust".into(),
+            prefix: "customizer/".into(),
+        },
         resync_interval: Duration::from_secs(60),
         busy_interval: Duration::from_secs(5),
         orphans: OrphanSettings {
@@ -72,7 +75,10 @@ fn reconciler() -> Rec {
             max_hint_bytes: 4096,
         },
         per_user_metrics: false,
-        pricing: BTreeMap::new(),
+        policy: flightdeck_core::policy::Policy::parse(
+            "version = 1\n[limits]\nrequire_enrolment = false\n[parameters.ComputeMaxNodes]\nupdatable = true\n[parameters.ComputeInstanceType]\n[parameters.MasterInstanceType]\n",
+        )
+        .unwrap(),
     };
     let mut template: BTreeMap<String, ParameterRule> = KEYS
         .iter()

@@ -9,14 +9,12 @@
 //! - [`orphan`]: when a stack whose request is gone may be deleted.
 //! - [`snapshot`]: one look at the world, grouped by cluster.
 //! - [`admission`]: whether a request may run: values, limits, lifetimes.
-//! - [`cost`]: what a cluster could cost per hour at full scale.
 //! - [`hint`]: S3 event notifications, reduced to the clusters they name.
 //! - [`money`]: exact dollar amounts.
 //! - [`policy`]: the admission policy (limits.toml): parameters, prices, limits.
 //! - [`plan`]: the reconcile table, `plan(observed) -> actions`.
 
 pub mod admission;
-pub mod cost;
 pub mod hint;
 pub mod identity;
 pub mod key;

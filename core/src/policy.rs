@@ -186,7 +186,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
     for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s >= size && s % size == 0 {
+        if s >= size && s.is_multiple_of(size) {
             return format!("{}{unit}", s / size);
         }
     }

@@ -70,6 +70,10 @@ impl Site {
                 format!("test-{}-{n}", std::process::id()),
             ),
             (
+                "FLIGHTDECK_POLICY",
+                root().join("policies/limits.toml").display().to_string(),
+            ),
+            (
                 "FLIGHTDECK_STACKS_TEMPLATE",
                 root().join("templates/cluster.yaml").display().to_string(),
             ),
