@@ -21,6 +21,7 @@ pub mod http;
 pub mod instrument;
 pub mod metrics;
 pub mod notify;
+pub mod offline;
 pub mod ports;
 pub mod queue;
 pub mod reconcile;

@@ -42,22 +42,165 @@ enum Command {
         #[arg(long, env = "FLIGHTDECK_CONFIG", default_value = "flightdeck.toml")]
         config: PathBuf,
     },
+    /// Check a request against the policy, offline: exit 0 when admitted, else print what
+    /// the user would read in `.cf-failed` and exit 1.
+    Validate {
+        /// The request file (`<cluster>.cf-create`).
+        file: PathBuf,
+        /// The user it is checked for.
+        #[arg(long)]
+        user: String,
+        /// The cluster name; by default the file's name without `.cf-create`.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The configuration file.
+        #[arg(long, env = "FLIGHTDECK_CONFIG", default_value = "flightdeck.toml")]
+        config: PathBuf,
+    },
+    /// Print the stack name, Parameters and Tags a request would be sent with, offline.
+    Render {
+        /// The request file (`<cluster>.cf-create`).
+        file: PathBuf,
+        /// The user it is rendered for.
+        #[arg(long)]
+        user: String,
+        /// The cluster name; by default the file's name without `.cf-create`.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The configuration file.
+        #[arg(long, env = "FLIGHTDECK_CONFIG", default_value = "flightdeck.toml")]
+        config: PathBuf,
+    },
+    /// Enrol a user: create `customizer/USER/configure.d/` from the defaults, with their key.
+    Enrol {
+        /// The user's IAM user name.
+        user: String,
+        /// Their SSH public key file (one or more keys).
+        #[arg(long)]
+        ssh_key: PathBuf,
+        /// Replace an existing folder.
+        #[arg(long)]
+        force: bool,
+        /// The default scripts to copy.
+        #[arg(long, default_value = "customizer/default/configure.d")]
+        defaults: PathBuf,
+        /// The configuration file.
+        #[arg(long, env = "FLIGHTDECK_CONFIG", default_value = "flightdeck.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Reads a request file and picks the cluster name.
+fn request_file(
+    file: &std::path::Path,
+    cluster: Option<String>,
+) -> anyhow::Result<(Vec<u8>, String)> {
+    let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let cluster = cluster
+        .or_else(|| flightdeck::offline::cluster_of_file(file))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} is not named <cluster>.cf-create: give --cluster",
+                file.display()
+            )
+        })?;
+    Ok((body, cluster))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command.execute().await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("flightdeck: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }
 
 impl Command {
-    async fn execute(self) -> anyhow::Result<()> {
+    async fn execute(self) -> anyhow::Result<ExitCode> {
         match self {
+            Command::Validate {
+                file,
+                user,
+                cluster,
+                config,
+            } => {
+                let settings = Settings::load(&config, std::env::vars())?;
+                let (body, cluster) = request_file(&file, cluster)?;
+                match flightdeck::offline::validate(&settings, &user, &cluster, &body)
+                    .map_err(anyhow::Error::msg)?
+                {
+                    None => {
+                        println!(
+                            "admitted: {} for {user} as cluster {cluster}",
+                            file.display()
+                        );
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Some(failed) => {
+                        print!("{failed}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            }
+            Command::Render {
+                file,
+                user,
+                cluster,
+                config,
+            } => {
+                let settings = Settings::load(&config, std::env::vars())?;
+                let (body, cluster) = request_file(&file, cluster)?;
+                match flightdeck::offline::render(&settings, &user, &cluster, &body) {
+                    Ok(spec) => {
+                        let out = serde_json::json!({
+                            "StackName": spec.name,
+                            "Parameters": spec.parameters.iter().map(|(k, v)| serde_json::json!({"ParameterKey": k, "ParameterValue": v})).collect::<Vec<_>>(),
+                            "Tags": spec.tags.iter().map(|(k, v)| serde_json::json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
+                        });
+                        println!("{}", serde_json::to_string_pretty(&out)?);
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(failed) => {
+                        print!("{failed}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            }
+            Command::Enrol {
+                user,
+                ssh_key,
+                force,
+                defaults,
+                config,
+            } => {
+                let settings = load(&config)?;
+                let keys = std::fs::read_to_string(&ssh_key)
+                    .with_context(|| format!("cannot read {}", ssh_key.display()))?;
+                let metrics = Arc::new(Metrics::new(false));
+                let cloud = flightdeck::app::aws_cloud(&settings, &metrics).await;
+                let done = flightdeck::enrol::enrol(
+                    &cloud.customizer,
+                    &flightdeck::enrol::Enrolment {
+                        user: &user,
+                        ssh_keys: &keys,
+                        default_dir: &defaults,
+                        prefix: &settings.enrolment.prefix,
+                        force,
+                    },
+                )
+                .await?;
+                for key in &done.written {
+                    println!("wrote s3://{}/{key}", settings.enrolment.bucket);
+                }
+                for key in &done.removed {
+                    println!("removed s3://{}/{key}", settings.enrolment.bucket);
+                }
+                println!("{user} is enrolled");
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Run { config, once } => {
                 let settings = load(&config)?;
                 let metrics = Arc::new(Metrics::new(settings.per_user_metrics));
@@ -105,7 +248,7 @@ impl Command {
                     let _ = server.await;
                 }
                 result.context("resync failed")?;
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
             Command::Plan { config } => {
                 let settings = load(&config)?;
@@ -132,7 +275,7 @@ impl Command {
                 if !any {
                     println!("nothing to do");
                 }
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
         }
     }
