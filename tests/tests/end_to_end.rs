@@ -470,3 +470,97 @@ async fn a_hint_creates_the_cluster_without_waiting_for_the_resync() {
     );
     assert!(controller.stop(), "SIGTERM ends the controller cleanly");
 }
+
+#[tokio::test]
+async fn a_changed_request_updates_in_place_and_a_change_that_cannot_is_refused() {
+    let site = Site::new().await;
+    let rec = reconciler(&site).await;
+    site.user_writes("alice/x.cf-create", &seed());
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    let before = site.stacks().await.remove(0);
+
+    // ComputeMaxNodes may change in place: UpdateStack, same stack, new parameters.
+    site.user_writes("alice/x.cf-create", &seed().replace("\"25\"", "\"30\""));
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    let updated = site.stacks().await.remove(0);
+    assert_eq!(updated.id, before.id, "the same stack");
+    assert_eq!(updated.parameters["ComputeMaxNodes"], "30");
+    assert_ne!(
+        updated.tags["flightdeck:request"],
+        before.tags["flightdeck:request"]
+    );
+    assert_eq!(site.phase("alice/x.cf-status").await, "Ready");
+    assert!(site.read("alice/x.cf-failed").await.is_none());
+
+    // MasterSystemVolumeSize may not: refused by name, the stack is left as it is.
+    site.user_writes(
+        "alice/x.cf-create",
+        &seed()
+            .replace("\"25\"", "\"30\"")
+            .replace("\"16\"", "\"32\""),
+    );
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    let failed = site.read("alice/x.cf-failed").await.unwrap();
+    assert!(
+        failed.contains("`MasterSystemVolumeSize` cannot change on a running cluster (it is `16`, the request asks for `32`)"),
+        "{failed}"
+    );
+    let kept = site.stacks().await.remove(0);
+    assert_eq!(
+        kept.parameters, updated.parameters,
+        "the refused change touched nothing"
+    );
+    assert_eq!(site.phase("alice/x.cf-status").await, "Ready");
+}
+
+#[tokio::test]
+async fn a_quota_reached_is_freed_by_a_delete_and_the_waiting_request_is_admitted() {
+    let mut site = Site::new().await;
+    let policy = std::env::temp_dir().join(format!("{}.toml", flightdeck_tests::unique("policy")));
+    let shipped = std::fs::read_to_string(root().join("policies/limits.toml")).unwrap();
+    std::fs::write(
+        &policy,
+        format!("{shipped}\n[users.alice]\nclusters = 1\nmax_nodes = 30\n"),
+    )
+    .unwrap();
+    site.env
+        .push(("FLIGHTDECK_POLICY".into(), policy.display().to_string()));
+    let rec = reconciler(&site).await;
+
+    site.user_writes("alice/x.cf-create", &seed());
+    rec.resync(false, None).await.unwrap();
+    site.user_writes("alice/y.cf-create", &seed().replace("\"25\"", "\"4\""));
+    rec.resync(false, None).await.unwrap();
+    let refused = site.read("alice/y.cf-failed").await.unwrap();
+    assert!(
+        refused.contains("you have 1 cluster already; your limit is 1 (your own limit)"),
+        "{refused}"
+    );
+    assert_eq!(site.stacks().await.len(), 1);
+
+    site.user_writes("alice/x.cf-delete", "");
+    for _ in 0..3 {
+        rec.resync(false, None).await.unwrap();
+    }
+    let names: Vec<String> = site.stacks().await.into_iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        [site.stack_name("alice", "y")],
+        "y is admitted once x is gone"
+    );
+    assert!(site.read("alice/y.cf-failed").await.is_none());
+    assert_eq!(site.phase("alice/y.cf-status").await, "Ready");
+
+    // A request beyond the node limit is refused with what is allowed.
+    site.user_writes("alice/z.cf-create", &seed().replace("\"25\"", "\"40\""));
+    rec.resync(false, None).await.unwrap();
+    let z = site.read("alice/z.cf-failed").await.unwrap();
+    assert!(
+        z.contains("you have 1 cluster already") || z.contains("`ComputeMaxNodes`=40"),
+        "{z}"
+    );
+    let _ = std::fs::remove_file(policy);
+}
