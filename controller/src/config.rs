@@ -244,6 +244,8 @@ struct NotifyFile {
     users: BTreeMap<String, String>,
     #[serde(default)]
     user_domain: String,
+    #[serde(default)]
+    lifetime_warning: Option<String>,
 }
 
 fn default_home() -> String {
@@ -390,6 +392,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// Notifications, when enabled.
     pub notify: Option<Notify>,
+    /// How long before a cluster's lifetime ends its user is warned.
+    pub lifetime_warning: Duration,
     /// The HTTP endpoint.
     pub http: Http,
     /// Per-user metric series.
@@ -648,6 +652,10 @@ fn validate(
     } else {
         None
     };
+    let lifetime_warning = duration(
+        "notify.lifetime_warning",
+        file.notify.lifetime_warning.as_deref().unwrap_or("1h"),
+    )?;
     let http = http(file.http, env_token)?;
     Ok(Settings {
         identity,
@@ -676,6 +684,7 @@ fn validate(
         },
         concurrency: r.concurrency,
         notify,
+        lifetime_warning,
         http,
         per_user_metrics: file.metrics.per_user,
         policy,

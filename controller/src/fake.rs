@@ -279,6 +279,7 @@ impl StackService for FakeStacks {
             status: lock(&self.create_status).clone(),
             status_reason: None,
             last_change: n,
+            created: n,
             tags: spec.tags.clone(),
             parameters: spec.parameters.clone(),
             // The address depends on the name only, so two runs that create the same

@@ -300,7 +300,7 @@ impl Metrics {
         for reason in REFUSAL_REASONS {
             m.refused.with_label_values(&[reason]);
         }
-        for event in ["ready", "failed", "deleted"] {
+        for event in ["ready", "failed", "deleted", "lifetime_warning"] {
             for outcome in ["sent", "error"] {
                 m.notifications.with_label_values(&[event, outcome]);
             }

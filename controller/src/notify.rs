@@ -23,6 +23,7 @@ fn event_label(event: NoticeEvent) -> &'static str {
         NoticeEvent::Ready => "ready",
         NoticeEvent::Failed => "failed",
         NoticeEvent::Deleted => "deleted",
+        NoticeEvent::LifetimeWarning => "lifetime_warning",
     }
 }
 
@@ -31,6 +32,7 @@ fn event_of(label: &str) -> Option<NoticeEvent> {
         "ready" => Some(NoticeEvent::Ready),
         "failed" => Some(NoticeEvent::Failed),
         "deleted" => Some(NoticeEvent::Deleted),
+        "lifetime_warning" => Some(NoticeEvent::LifetimeWarning),
         _ => None,
     }
 }

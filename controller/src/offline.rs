@@ -77,12 +77,15 @@ pub fn validate(
         enrolled: true,
         orphan: OrphanVerdict::NotJudged,
         admission: request.1,
+        lifetime: None,
+        now: 0,
     };
     let ctx = Context {
         identity: &settings.identity,
         rules: &rules,
         home_prefix: &settings.home_prefix,
         updatable: &settings.updatable,
+        lifetime_warning: settings.lifetime_warning,
     };
     let failed = key.object_key(&settings.home_prefix, Suffix::Failed);
     Ok(plan(&observed, &ctx).into_iter().find_map(|a| match a {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flightdeck_core::admission::{Usage, admit, cost_of};
+use flightdeck_core::admission::{Usage, admit, cost_of, lifetime_of};
 use flightdeck_core::key::{ClusterKey, Suffix};
 use flightdeck_core::money::Dollars;
 use flightdeck_core::orphan::{OrphanTracker, OrphanVerdict};
@@ -219,6 +219,7 @@ where
             rules: &self.rules,
             home_prefix: &self.settings.home_prefix,
             updatable: &self.settings.updatable,
+            lifetime_warning: self.settings.lifetime_warning,
         }
     }
 
@@ -436,6 +437,10 @@ where
         } else {
             true
         };
+        let request_for_lifetime = match &request {
+            RequestState::Valid { request, .. } => Some(request.clone()),
+            _ => None,
+        };
         let admission = match &request {
             RequestState::Valid { request, .. } => {
                 let usage = self.lock_usage().usage_of(&key.user, &key.cluster);
@@ -469,7 +474,14 @@ where
             stack,
             enrolled,
             orphan,
+            lifetime: match &request_for_lifetime {
+                Some(r) => lifetime_of(&self.settings.policy, &key.user, r),
+                None => None,
+            },
             admission,
+            now: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
         })
     }
 

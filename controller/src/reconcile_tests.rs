@@ -73,6 +73,7 @@ fn settings(grace: Duration, max_deletes: usize) -> Settings {
             max_hint_bytes: 4096,
         },
         per_user_metrics: false,
+        lifetime_warning: Duration::from_secs(3600),
     }
 }
 

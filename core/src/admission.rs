@@ -73,6 +73,21 @@ pub fn cost_of(
     Some(compute.times(nodes) + price_of("MasterInstanceType")?)
 }
 
+/// How long a cluster of `user` made from `request` may live: the lifetime asked for, else
+/// the user's default, never more than the user's maximum. `None` when neither is set or
+/// what was asked does not parse.
+pub fn lifetime_of(policy: &Policy, user: &str, request: &Request) -> Option<Duration> {
+    let limits = policy.limits_of(user);
+    let asked = match &request.lifetime {
+        Some(text) => parse_duration(text)?,
+        None => limits.lifetime?,
+    };
+    Some(match &limits.max_lifetime {
+        Some(max) => asked.min(max.value),
+        None => asked,
+    })
+}
+
 /// Admits `request` for `user`, whose other clusters take up `usage`.
 ///
 /// # Errors

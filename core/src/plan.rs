@@ -11,7 +11,7 @@ use crate::admission::{Admitted, Refusal};
 use crate::identity::{Identity, create_token, delete_token, hex_md5, update_token};
 use crate::key::{ClusterKey, Mistake, Suffix, mistake_report_key};
 use crate::orphan::OrphanVerdict;
-use crate::report::{ClusterStatus, Phase, created_body, deleted_body, failed_body};
+use crate::report::{ClusterStatus, Phase, created_body, deleted_body, failed_body, rfc3339};
 use crate::request::{Request, RequestRules, changed_keys};
 use crate::stack::{StackPhase, StackView};
 
@@ -59,6 +59,10 @@ pub struct Observed {
     /// Admission of a valid request under the policy and the user's other clusters; `None`
     /// when there is nothing to admit or no policy to admit by.
     pub admission: Option<Result<Admitted, Refusal>>,
+    /// How long the cluster may live, when the policy or the request says.
+    pub lifetime: Option<std::time::Duration>,
+    /// When this was observed, seconds since the epoch.
+    pub now: i64,
 }
 
 /// What the planner needs besides the observation: the install's settings.
@@ -72,6 +76,8 @@ pub struct Context<'a> {
     pub home_prefix: &'a str,
     /// Parameters that may change on a running cluster (UpdateStack).
     pub updatable: &'a BTreeSet<String>,
+    /// How long before a cluster's lifetime ends its user is warned.
+    pub lifetime_warning: std::time::Duration,
 }
 
 /// A stack to create or update.
@@ -96,6 +102,8 @@ pub enum NoticeEvent {
     Failed,
     /// The cluster is deleted.
     Deleted,
+    /// The cluster's lifetime ends soon.
+    LifetimeWarning,
 }
 
 /// A notification to send.
@@ -167,7 +175,7 @@ enum Report {
     /// Leave it as it is.
     Keep,
     /// It should say this.
-    Set(ClusterStatus),
+    Set(Box<ClusterStatus>),
 }
 
 /// What one row of the table decides.
@@ -179,7 +187,11 @@ struct Decision {
     deleted: Want,
     failed: Want,
     remove_requests: bool,
+    /// Write `.cf-delete` as if the user had (the lifetime ended).
+    request_delete: bool,
     notify: Option<Notice>,
+    /// A notice with no marker of its own; delivery is once per id.
+    warn: Option<Notice>,
     soon: bool,
 }
 
@@ -192,7 +204,9 @@ impl Decision {
             deleted: Want::Keep,
             failed: Want::Keep,
             remove_requests: false,
+            request_delete: false,
             notify: None,
+            warn: None,
             soon: false,
         }
     }
@@ -308,7 +322,7 @@ fn decide(
             failed: Want::Absent,
             remove_requests: true,
             notify: had(Suffix::Status).then(|| notice(obs, NoticeEvent::Deleted, &name, "")),
-            ..Decision::report(Report::Set(deleted_status(key)))
+            ..Decision::report(Report::Set(Box::new(deleted_status(key))))
         },
         // .cf-delete present, stack deleting: wait.
         (Desire::Delete, Some((s, StackPhase::Deleting))) => Decision {
@@ -360,7 +374,7 @@ fn decide(
         (Desire::Refused { reason, etag }, Some((s, phase))) => {
             let message = format!("request refused, cluster left as it was: {reason}");
             let base = if matches!(phase, StackPhase::Stable | StackPhase::UpdateRolledBack) {
-                ready(obs, s, etag)
+                ready(obs, ctx, s, etag)
             } else {
                 Decision::report(status(key, running_phase(phase), "", Some(s), Some(etag)))
             };
@@ -406,7 +420,7 @@ fn decide(
                 deleted: Want::Absent,
                 failed: Want::Absent,
                 soon: true,
-                ..Decision::report(Report::Set(st))
+                ..Decision::report(Report::Set(Box::new(st)))
             }
         }
         // Valid request, stack creating: wait.
@@ -446,7 +460,7 @@ fn decide(
         (
             Desire::Exist { request, etag, .. },
             Some((s, StackPhase::Stable | StackPhase::UpdateRolledBack)),
-        ) if tag_hash(s) == Some(request.hash.as_str()) => ready(obs, s, etag),
+        ) if tag_hash(s) == Some(request.hash.as_str()) => ready(obs, ctx, s, etag),
         // Valid request changed after a failed update rolled back, not written since: report.
         (Desire::Exist { etag, modified, .. }, Some((s, StackPhase::UpdateRolledBack)))
             if *modified <= s.last_change =>
@@ -461,7 +475,7 @@ fn decide(
                     "The cluster runs on its previous settings. Fix the request and write it again.",
                 )),
                 notify: Some(notice(obs, NoticeEvent::Failed, &s.name, &reason)),
-                ..ready(obs, s, etag)
+                ..ready(obs, ctx, s, etag)
             }
         }
         // Valid request, stack running with another request: update in place, or refuse.
@@ -598,7 +612,7 @@ fn decide(
                     failed: Want::Absent,
                     notify: had(Suffix::Created)
                         .then(|| notice(obs, NoticeEvent::Deleted, &name, "")),
-                    ..Decision::report(Report::Set(deleted_status(key)))
+                    ..Decision::report(Report::Set(Box::new(deleted_status(key))))
                 }
             }
         }
@@ -654,19 +668,50 @@ fn orphan(key: &ClusterKey, s: &StackView, phase: StackPhase, verdict: OrphanVer
     }
 }
 
-fn ready(obs: &Observed, s: &StackView, etag: &str) -> Decision {
+fn ready(obs: &Observed, ctx: &Context<'_>, s: &StackView, etag: &str) -> Decision {
     let key = &obs.key;
+    let expiry = obs.lifetime.map(|l| {
+        s.created
+            .saturating_add(i64::try_from(l.as_secs()).unwrap_or(i64::MAX))
+    });
+    if let Some(end) = expiry
+        && obs.now >= end
+    {
+        // The lifetime ended: delete exactly as if the user had written .cf-delete.
+        return Decision {
+            request_delete: true,
+            soon: true,
+            ..Decision::report(status(
+                key,
+                Phase::Deleting,
+                &format!(
+                    "the cluster's lifetime ended at {}: deleting it",
+                    rfc3339(end)
+                ),
+                Some(s),
+                Some(etag),
+            ))
+        };
+    }
+    let warn = expiry
+        .filter(|end| {
+            obs.now
+                >= end.saturating_sub(i64::try_from(ctx.lifetime_warning.as_secs()).unwrap_or(0))
+        })
+        .map(|end| notice(obs, NoticeEvent::LifetimeWarning, &s.name, &rfc3339(end)));
     match &s.login_ip {
         Some(ip) => {
             let mut st =
                 ClusterStatus::new(key, Phase::Ready, format!("ready: ssh {}@{ip}", key.user));
             fill(&mut st, Some(s), Some(etag));
+            st.lifetime_end = expiry.map(rfc3339);
             Decision {
                 created: Want::Body(created_body(key, ip, &s.name)),
                 deleted: Want::Absent,
                 failed: Want::Absent,
                 notify: Some(notice(obs, NoticeEvent::Ready, &s.name, ip)),
-                ..Decision::report(Report::Set(st))
+                warn,
+                ..Decision::report(Report::Set(Box::new(st)))
             }
         }
         None => Decision {
@@ -746,7 +791,7 @@ fn status(
 ) -> Report {
     let mut st = ClusterStatus::new(key, phase, message);
     fill(&mut st, s, etag);
-    Report::Set(st)
+    Report::Set(Box::new(st))
 }
 
 fn fill(st: &mut ClusterStatus, s: Option<&StackView>, etag: Option<&str>) {
@@ -754,6 +799,8 @@ fn fill(st: &mut ClusterStatus, s: Option<&StackView>, etag: Option<&str>) {
         st.stack = Some(s.name.clone());
         st.stack_id = Some(s.id.clone()).filter(|id| !id.is_empty());
         st.login_ip = s.login_ip.clone();
+        st.outputs = s.outputs.clone();
+        st.since = (s.last_change > 0).then(|| rfc3339(s.last_change));
     }
     st.request_etag = etag.map(unquote);
 }
@@ -815,11 +862,20 @@ fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
             });
         }
     }
+    if d.request_delete && !obs.delete_requested {
+        actions.push(Action::Put {
+            key: obs.key.object_key(ctx.home_prefix, Suffix::Delete),
+            body: "written by flightdeck: the cluster's lifetime ended\n".into(),
+        });
+    }
+    if let Some(n) = d.warn {
+        actions.push(Action::Notify(n));
+    }
     if let Some(n) = d.notify {
         let marker = match n.event {
             NoticeEvent::Ready => Suffix::Created,
             NoticeEvent::Failed => Suffix::Failed,
-            NoticeEvent::Deleted => Suffix::Deleted,
+            NoticeEvent::Deleted | NoticeEvent::LifetimeWarning => Suffix::Deleted,
         };
         if written.contains(&marker) {
             actions.push(Action::Notify(n));

@@ -29,6 +29,7 @@ impl World {
             rules: &self.rules,
             home_prefix: "home/",
             updatable: &self.updatable,
+            lifetime_warning: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -71,6 +72,7 @@ fn stack(status: &str, request: &Request) -> StackView {
         status: status.into(),
         status_reason: None,
         last_change: 200,
+        created: 100,
         tags: w.identity.tags(&key(), &request.hash),
         parameters: w.rules.stack_parameters(request, &key()),
         outputs: BTreeMap::from([("LoginIp".into(), IP.into())]),
@@ -89,8 +91,12 @@ fn base() -> Observed {
         enrolled: true,
         orphan: OrphanVerdict::NotJudged,
         admission: None,
+        lifetime: None,
+        now: 1_000,
     }
 }
+
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 fn refused(message: &str) -> Option<Result<crate::admission::Admitted, crate::admission::Refusal>> {
     Some(Err(crate::admission::Refusal {
@@ -206,6 +212,44 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
                 ..o()
             },
             vec!["put x.cf-failed", "status Ready"],
+        ),
+        (
+            "lifetime ended: .cf-delete is written as if by the user",
+            Observed {
+                request: valid(s.clone()),
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                lifetime: Some(DAY),
+                now: 100 + 86_400,
+                ..o()
+            },
+            vec!["status Deleting", "put x.cf-delete", "soon"],
+        ),
+        (
+            "lifetime ends within the warning time: ready, and warned",
+            Observed {
+                request: valid(s.clone()),
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                lifetime: Some(DAY),
+                now: 100 + 86_400 - 1800,
+                ..o()
+            },
+            vec![
+                "put x.cf-created",
+                "status Ready",
+                "notify LifetimeWarning",
+                "notify Ready",
+            ],
+        ),
+        (
+            "lifetime far from its end: ready, no warning",
+            Observed {
+                request: valid(s.clone()),
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                lifetime: Some(DAY),
+                now: 100 + 3600,
+                ..o()
+            },
+            vec!["put x.cf-created", "status Ready", "notify Ready"],
         ),
         (
             "valid request, CREATE_IN_PROGRESS: creating, look again soon",
@@ -554,9 +598,19 @@ fn a_second_pass_after_the_writes_writes_nothing() {
     let w = World::new();
     for (name, observed, _) in cases() {
         let first = plan(&observed, &w.ctx());
+        if first
+            .iter()
+            .any(|a| matches!(a, Action::Put { key, .. } if key.ends_with(".cf-delete")))
+        {
+            // The lifetime ended: the next pass is a delete, as after a user's .cf-delete.
+            continue;
+        }
         let mut after = observed.clone();
         for a in &first {
             match a {
+                Action::Put { key, .. } if key.ends_with(".cf-delete") => {
+                    after.delete_requested = true
+                }
                 Action::Put { key, body } => {
                     let suffix = Suffix::ALL
                         .into_iter()
@@ -583,11 +637,10 @@ fn a_second_pass_after_the_writes_writes_nothing() {
         let again = plan(&after, &w.ctx());
         let writes: Vec<_> = again
             .iter()
-            .filter(|a| {
-                matches!(
-                    a,
-                    Action::Put { .. } | Action::Remove { .. } | Action::Notify(_)
-                )
+            // A lifetime warning has no marker: it is repeated, and delivered once by its id.
+            .filter(|a| match a {
+                Action::Notify(n) => n.event != NoticeEvent::LifetimeWarning,
+                other => matches!(other, Action::Put { .. } | Action::Remove { .. }),
             })
             .collect();
         assert!(
@@ -675,6 +728,20 @@ fn ready_marker_and_status_carry_the_login_address() {
     assert_eq!(st.login_ip.as_deref(), Some(IP));
     assert_eq!(st.request_etag.as_deref(), Some("e1"));
     assert_eq!(st.stack.as_deref(), Some("fd-alice-x"));
+    assert_eq!(st.outputs["LoginIp"], IP);
+    assert_eq!(st.since.as_deref(), Some("1970-01-01T00:03:20Z"));
+    assert_eq!(st.lifetime_end, None);
+    let with_lifetime = plan(
+        &Observed {
+            request: valid(s.clone()),
+            stack: Some(stack("CREATE_COMPLETE", &s)),
+            lifetime: Some(DAY),
+            ..base()
+        },
+        &w.ctx(),
+    );
+    let st: ClusterStatus = serde_json::from_str(body_of(&with_lifetime, ".cf-status")).unwrap();
+    assert_eq!(st.lifetime_end.as_deref(), Some("1970-01-02T00:01:40Z"));
 }
 
 #[test]

@@ -51,6 +51,15 @@ pub struct ClusterStatus {
     /// The ETag of the `.cf-create` this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_etag: Option<String>,
+    /// The stack's outputs.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub outputs: std::collections::BTreeMap<String, String>,
+    /// When the cluster's lifetime ends (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_end: Option<String>,
+    /// When the stack last changed state (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 impl ClusterStatus {
@@ -66,6 +75,9 @@ impl ClusterStatus {
             stack_id: None,
             login_ip: None,
             request_etag: None,
+            outputs: std::collections::BTreeMap::new(),
+            lifetime_end: None,
+            since: None,
         }
     }
 
@@ -76,6 +88,28 @@ impl ClusterStatus {
         s.push('\n');
         s
     }
+}
+
+/// Seconds since the epoch as RFC 3339 in UTC, e.g. `2026-12-01T11:07:22Z`.
+pub fn rfc3339(epoch: i64) -> String {
+    let days = epoch.div_euclid(86_400);
+    let secs = epoch.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// `.cf-created`: the first line is the login address (what scripts of the older design
@@ -130,6 +164,15 @@ pub fn notice_email(notice: &crate::plan::Notice) -> (String, String) {
             "is deleted",
             format!("The cluster {} of {} is deleted.\n", key.cluster, key.user),
         ),
+        NoticeEvent::LifetimeWarning => (
+            "will be deleted soon",
+            format!(
+                "The lifetime of cluster {cluster} of {user} ends at {end}; it will then be deleted.\nTo keep it longer, raise \"Lifetime\" in {cluster}.cf-create (within your limit).\n",
+                cluster = key.cluster,
+                user = key.user,
+                end = notice.detail
+            ),
+        ),
     };
     let subject = format!(
         "[flightdeck] cluster {} of {} {what}",
@@ -170,6 +213,13 @@ mod tests {
         assert!(v.get("login_ip").is_none());
         let back: ClusterStatus = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn times_print_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct StackView {
     pub status_reason: Option<String>,
     /// When the stack last changed (creation or last update), seconds since the epoch.
     pub last_change: i64,
+    /// When the stack was created, seconds since the epoch.
+    pub created: i64,
     /// Tags.
     pub tags: BTreeMap<String, String>,
     /// Parameters as the stack holds them.

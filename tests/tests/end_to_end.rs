@@ -28,6 +28,8 @@ use flightdeck_tests::site::{Controller, Site, emulator, flightdeck_command, roo
 struct Counted<T> {
     inner: T,
     writes: AtomicUsize,
+    /// For a mailer: the subjects sent.
+    subjects: std::sync::Mutex<Vec<String>>,
 }
 
 impl<T> Counted<T> {
@@ -35,6 +37,7 @@ impl<T> Counted<T> {
         Counted {
             inner,
             writes: AtomicUsize::new(0),
+            subjects: std::sync::Mutex::default(),
         }
     }
     fn writes(&self) -> usize {
@@ -62,6 +65,14 @@ impl<T: ObjectStore> ObjectStore for Counted<T> {
     async fn delete(&self, key: &str) -> Result<(), CallError> {
         self.count();
         self.inner.delete(key).await
+    }
+}
+
+impl<T: flightdeck::ports::Mailer> flightdeck::ports::Mailer for Counted<T> {
+    async fn send(&self, to: &[String], subject: &str, body: &str) -> Result<(), CallError> {
+        self.inner.send(to, subject, body).await?;
+        self.subjects.lock().unwrap().push(subject.to_owned());
+        Ok(())
     }
 }
 
@@ -102,7 +113,7 @@ impl<T: StackService> StackService for Counted<T> {
 /// The reconciler on the real adapters, with S3 writes and stack mutations counted.
 async fn reconciler(
     site: &Site,
-) -> Reconciler<Counted<S3Store>, Counted<CloudFormation>, Ec2, Ses> {
+) -> Reconciler<Counted<S3Store>, Counted<CloudFormation>, Ec2, Counted<Ses>> {
     let settings = site.settings();
     let conf = emulator().sdk_config().await;
     let cloud = Cloud {
@@ -110,7 +121,7 @@ async fn reconciler(
         customizer: Counted::new(S3Store::new(&conf, "flightdeck-customizer", true)),
         stacks: Counted::new(CloudFormation::new(&conf)),
         instances: Ec2::new(&conf),
-        mailer: Some(Ses::new(&conf, "flightdeck@example.org")),
+        mailer: Some(Counted::new(Ses::new(&conf, "flightdeck@example.org"))),
     };
     checked(
         cloud,
@@ -563,4 +574,64 @@ async fn a_quota_reached_is_freed_by_a_delete_and_the_waiting_request_is_admitte
         "{z}"
     );
     let _ = std::fs::remove_file(policy);
+}
+
+#[tokio::test]
+async fn a_cluster_whose_lifetime_ends_is_warned_about_then_deleted() {
+    let site = Site::new().await;
+    let rec = reconciler(&site).await;
+    site.user_writes(
+        "bob/short.cf-create",
+        &seed().replace('{', "{\"Lifetime\": \"8s\","),
+    );
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&site.read("bob/short.cf-status").await.unwrap()).unwrap();
+    assert_eq!(status["phase"], "Ready");
+    assert!(
+        status["lifetime_end"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{status}"
+    );
+    let mailer = rec.cloud().mailer.as_ref().unwrap();
+    let subjects = mailer.subjects.lock().unwrap().clone();
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s == "[flightdeck] cluster short of bob will be deleted soon"),
+        "warned within the hour before the end: {subjects:?}"
+    );
+
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    rec.resync(false, None).await.unwrap(); // the lifetime ended: .cf-delete is written
+    assert!(site.read("bob/short.cf-delete").await.is_some());
+    for _ in 0..3 {
+        rec.resync(false, None).await.unwrap();
+    }
+    assert!(
+        site.stacks().await.is_empty(),
+        "deleted as if bob had written .cf-delete"
+    );
+    assert!(site.read("bob/short.cf-deleted").await.is_some());
+    assert!(site.read("bob/short.cf-create").await.is_none());
+    let subjects = mailer.subjects.lock().unwrap().clone();
+    let warned = subjects
+        .iter()
+        .position(|s| s.ends_with("will be deleted soon"))
+        .unwrap();
+    let deleted = subjects
+        .iter()
+        .position(|s| s.ends_with("is deleted"))
+        .unwrap();
+    assert!(warned < deleted, "{subjects:?}");
+    assert_eq!(
+        subjects
+            .iter()
+            .filter(|s| s.ends_with("will be deleted soon"))
+            .count(),
+        1,
+        "warned once"
+    );
 }

@@ -60,6 +60,7 @@ fn view(stack: &Stack) -> StackView {
             .unwrap_or_default(),
         status_reason: stack.stack_status_reason().map(str::to_owned),
         last_change: epoch_seconds(stack.last_updated_time().or(stack.creation_time())),
+        created: epoch_seconds(stack.creation_time()),
         tags: stack
             .tags()
             .iter()
