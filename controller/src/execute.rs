@@ -56,6 +56,17 @@ where
                 Action::LookAgainSoon => continue,
             };
             let kind = action_label(action);
+            if let Action::CreateStack(StackSpec { name, .. })
+            | Action::UpdateStack(StackSpec { name, .. })
+            | Action::DeleteStack { name, .. } = action
+            {
+                let (outcome, message) = match &result {
+                    Ok(Flow::Go) => ("ok", name.clone()),
+                    Ok(Flow::Replan) => ("refused", name.clone()),
+                    Err(e) => ("error", e.to_string()),
+                };
+                self.audit(key, kind, outcome, &message);
+            }
             match result {
                 Ok(Flow::Go) => {
                     if !matches!(action, Action::Put { .. } | Action::Remove { .. }) {
@@ -86,9 +97,15 @@ where
         let result = match action {
             Action::Put { key, body } => self.cloud.store.put(key, body).await.map(|_| {
                 info!(object = %key, "wrote");
+                if key.ends_with(".cf-delete") {
+                    self.audit_object(key, "request_delete", "the cluster's lifetime ended");
+                }
             }),
             Action::Remove { key } => self.cloud.store.delete(key).await.map(|()| {
                 info!(object = %key, "removed");
+                if key.ends_with(".cf-create") || key.ends_with(".cf-delete") {
+                    self.audit_object(key, "remove_request", key);
+                }
             }),
             _ => return Ok(()),
         };
@@ -193,10 +210,20 @@ where
         Ok(())
     }
 
+    /// Audits an action on a user's request file.
+    fn audit_object(&self, object: &str, action: &str, message: &str) {
+        if let flightdeck_core::key::KeyKind::Cluster { key, .. } =
+            flightdeck_core::key::classify(&self.settings.home_prefix, object)
+        {
+            self.audit(&key, action, "ok", message);
+        }
+    }
+
     /// A refusal only a call could reveal: remembered against the request, so that the next
     /// look reports it like any other refusal and it is not sent again until the file changes.
     fn refuse(&self, key: &ClusterKey, rule: &'static str, reason: String) -> Flow {
         self.metrics.refused(key, rule, &reason);
+        self.audit(key, "refuse", rule, &reason);
         self.refuse_request(key, reason);
         Flow::Replan
     }

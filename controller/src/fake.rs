@@ -155,6 +155,15 @@ impl ObjectStore for FakeStore {
         self.remove(key);
         Ok(())
     }
+
+    async fn put_new(&self, key: &str, body: &str) -> Result<(), CallError> {
+        self.record("PutObject", key)?;
+        if lock(&self.objects).contains_key(key) {
+            return Err(fail("s3", "PutObject", ErrorKind::AlreadyExists));
+        }
+        self.insert(key, body);
+        Ok(())
+    }
 }
 
 /// In-memory CloudFormation. New stacks take `create_status` (CREATE_COMPLETE unless set)

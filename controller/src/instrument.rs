@@ -65,6 +65,10 @@ impl<T: ObjectStore> ObjectStore for Instrumented<T> {
         self.call("s3", "DeleteObject", self.inner.delete(key))
             .await
     }
+    async fn put_new(&self, key: &str, body: &str) -> Result<(), CallError> {
+        self.call("s3", "PutObject", self.inner.put_new(key, body))
+            .await
+    }
 }
 
 impl<T: StackService> StackService for Instrumented<T> {

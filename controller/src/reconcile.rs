@@ -159,6 +159,8 @@ pub struct Reconciler<S, C, E, M> {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) delivered: Mutex<BTreeSet<String>>,
     pub(crate) usage: Mutex<UsageBook>,
+    pub(crate) ledger: Mutex<Vec<String>>,
+    pub(crate) ledger_seq: std::sync::atomic::AtomicU64,
     user_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The outbox may hold notices to send (true at start-up: unknown).
     pub(crate) outbox_pending: std::sync::atomic::AtomicBool,
@@ -189,6 +191,8 @@ where
             metrics,
             delivered: Mutex::default(),
             usage: Mutex::default(),
+            ledger: Mutex::default(),
+            ledger_seq: std::sync::atomic::AtomicU64::new(0),
             user_locks: Mutex::default(),
             outbox_pending: std::sync::atomic::AtomicBool::new(true),
             requests: Mutex::default(),
@@ -320,6 +324,7 @@ where
                 }
             }
             self.retry_outbox().await;
+            self.flush_ledger().await;
         }
         let orphans_pending = judgement
             .verdicts
@@ -413,7 +418,9 @@ where
                 ..KeyOutcome::default()
             });
         }
-        costs(self.execute(key, planned.actions.clone()).await)
+        let outcome = self.execute(key, planned.actions.clone()).await;
+        self.flush_ledger().await;
+        costs(outcome)
     }
 
     async fn observe(
@@ -460,6 +467,7 @@ where
                 .is_some_and(|c| !std::mem::replace(&mut c.counted_refusal, true));
             if first {
                 self.metrics.refused(key, rule, &message);
+                self.audit(key, "refuse", rule, &message);
             }
         }
         let stack = match stack {
@@ -498,12 +506,12 @@ where
         {
             return Ok(hit.state.clone());
         }
+        let mut refused_rule = None;
         let (etag, state) = if meta.size > MAX_REQUEST_BYTES as u64 {
             let reason = RequestError::TooLarge {
                 size: usize::try_from(meta.size).unwrap_or(usize::MAX),
             };
-            self.metrics
-                .refused(key, reason.kind(), &reason.to_string());
+            refused_rule = Some(reason.kind());
             (
                 meta.etag.clone(),
                 RequestState::Invalid {
@@ -522,7 +530,7 @@ where
                             modified: fetched.modified,
                         },
                         Err(e) => {
-                            self.metrics.refused(key, e.kind(), &e.to_string());
+                            refused_rule = Some(e.kind());
                             RequestState::Invalid {
                                 reason: e.to_string(),
                                 etag: fetched.etag.clone(),
@@ -541,7 +549,18 @@ where
                 counted_refusal: false,
             },
         );
+        if let (Some(rule), RequestState::Invalid { reason, .. }) = (refused_rule, &state) {
+            self.metrics.refused(key, rule, reason);
+            self.audit(key, "refuse", rule, reason);
+        }
         Ok(state)
+    }
+
+    /// The ETag of the request object last read, if any.
+    pub(crate) fn request_etag(&self, object: &str) -> Option<String> {
+        self.lock_requests()
+            .get(object)
+            .map(|c| c.etag.trim_matches('"').to_owned())
     }
 
     /// Records that CloudFormation refused a request, so that it is reported like any

@@ -12,7 +12,7 @@ use flightdeck_core::stack::StackView;
 
 use crate::config::{Enrolment, Notify, Settings};
 use crate::fake::{FakeInstances, FakeMailer, FakeStacks, FakeStore};
-use crate::ports::{ErrorKind, Template};
+use crate::ports::{ErrorKind, ObjectStore, Template};
 use crate::reconcile::{Cloud, Reconciler};
 
 type Rec = Reconciler<FakeStore, FakeStacks, FakeInstances, FakeMailer>;
@@ -537,4 +537,63 @@ async fn a_failed_notification_is_retried_from_the_outbox_and_sent_once_across_r
         again.cloud().mailer.as_ref().unwrap().subjects().is_empty(),
         "but the notice is not sent twice"
     );
+}
+
+#[tokio::test]
+async fn every_stack_action_and_refusal_lands_in_the_ledger_which_is_never_rewritten() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.cloud().store.insert("home/carol/y.cf-create", SEED);
+    rec.cloud().store.insert("home/bob/z.cf-create", "{ broken");
+    rec.resync(false, None).await.unwrap();
+    rec.cloud().store.insert("home/alice/x.cf-delete", "");
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    let objects: Vec<String> = rec
+        .cloud()
+        .store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("flightdeck/ledger/"))
+        .collect();
+    assert!(!objects.is_empty());
+    let lines: Vec<serde_json::Value> = objects
+        .iter()
+        .flat_map(|k| {
+            text(&rec, k)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let seen = |action: &str, user: &str, outcome: &str| {
+        lines
+            .iter()
+            .any(|l| l["action"] == action && l["user"] == user && l["outcome"] == outcome)
+    };
+    assert!(seen("create_stack", "alice", "ok"), "{lines:?}");
+    assert!(seen("delete_stack", "alice", "ok"), "{lines:?}");
+    assert!(seen("remove_request", "alice", "ok"), "{lines:?}");
+    assert!(seen("refuse", "carol", "not_enrolled"), "{lines:?}");
+    assert!(seen("refuse", "bob", "malformed"), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["time"].as_str().is_some_and(|t| t.ends_with('Z')))
+    );
+    let created = lines
+        .iter()
+        .find(|l| l["action"] == "create_stack")
+        .unwrap();
+    assert!(
+        created["request_etag"]
+            .as_str()
+            .is_some_and(|e| e.len() == 32),
+        "{created}"
+    );
+    // Written with put_new: a second write to the same name is refused, never overwritten.
+    let first = &objects[0];
+    let before = text(&rec, first);
+    assert!(rec.cloud().store.put_new(first, "x").await.is_err());
+    assert_eq!(text(&rec, first), before);
 }

@@ -66,6 +66,10 @@ impl<T: ObjectStore> ObjectStore for Counted<T> {
         self.count();
         self.inner.delete(key).await
     }
+    async fn put_new(&self, key: &str, body: &str) -> Result<(), CallError> {
+        self.count();
+        self.inner.put_new(key, body).await
+    }
 }
 
 impl<T: flightdeck::ports::Mailer> flightdeck::ports::Mailer for Counted<T> {
@@ -565,14 +569,55 @@ async fn a_quota_reached_is_freed_by_a_delete_and_the_waiting_request_is_admitte
     assert!(site.read("alice/y.cf-failed").await.is_none());
     assert_eq!(site.phase("alice/y.cf-status").await, "Ready");
 
-    // A request beyond the node limit is refused with what is allowed.
-    site.user_writes("alice/z.cf-create", &seed().replace("\"25\"", "\"40\""));
+    // The limit holds again for the next request.
+    site.user_writes("alice/z.cf-create", &seed().replace("\"25\"", "\"4\""));
     rec.resync(false, None).await.unwrap();
     let z = site.read("alice/z.cf-failed").await.unwrap();
     assert!(
-        z.contains("you have 1 cluster already") || z.contains("`ComputeMaxNodes`=40"),
+        z.contains("you have 1 cluster already; your limit is 1 (your own limit)"),
         "{z}"
     );
+    assert_eq!(site.stacks().await.len(), 1);
+
+    // The ledger, under the controller's prefix, has a line for each of these.
+    let s3 = emulator().s3().await;
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&site.bucket)
+        .prefix("flightdeck/ledger/")
+        .send()
+        .await
+        .unwrap();
+    let mut lines = Vec::new();
+    for object in listed.contents() {
+        let body = s3
+            .get_object()
+            .bucket(&site.bucket)
+            .key(object.key().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let text =
+            String::from_utf8(body.body.collect().await.unwrap().into_bytes().to_vec()).unwrap();
+        lines.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+    }
+    for (action, cluster, outcome) in [
+        ("create_stack", "x", "ok"),
+        ("refuse", "y", "clusters"),
+        ("delete_stack", "x", "ok"),
+        ("create_stack", "y", "ok"),
+        ("refuse", "z", "clusters"),
+    ] {
+        assert!(
+            lines.iter().any(|l| l["action"] == action
+                && l["cluster"] == cluster
+                && l["outcome"] == outcome),
+            "no ledger line {action} {cluster} {outcome} in {lines:#?}"
+        );
+    }
     let _ = std::fs::remove_file(policy);
 }
 

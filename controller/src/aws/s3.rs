@@ -153,6 +153,27 @@ impl ObjectStore for S3Store {
         })
     }
 
+    async fn put_new(&self, key: &str, body: &str) -> Result<(), CallError> {
+        const OPERATION: &str = "PutObject";
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type(key))
+            .if_none_match("*")
+            .body(ByteStream::from(body.as_bytes().to_vec()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                let mut err = classify(SERVICE, OPERATION, &e);
+                if err.code.as_deref() == Some("PreconditionFailed") {
+                    err.kind = ErrorKind::AlreadyExists;
+                }
+                err
+            })
+    }
+
     async fn delete(&self, key: &str) -> Result<(), CallError> {
         match self
             .client
