@@ -2,6 +2,8 @@
 //! that can catch an operator's mistake runs here, before the first resync, and names the
 //! setting at fault.
 
+use std::time::Duration;
+
 use anyhow::{Context as _, bail};
 use flightdeck_core::request::{RequestRules, RulesError};
 
@@ -13,10 +15,13 @@ use crate::aws::{AwsSettings, load};
 use std::sync::Arc;
 
 use crate::config::Settings;
+use crate::http::{Endpoint, Health, serve};
 use crate::instrument::Instrumented;
 use crate::metrics::Metrics;
 use crate::ports::{ErrorKind, InstanceLookup, Mailer, ObjectStore, StackService};
+use crate::queue::WorkQueue;
 use crate::reconcile::{Cloud, Reconciler};
+use crate::run::run;
 
 /// The reconciler on the real AWS adapters, every call counted.
 pub type AwsReconciler = Reconciler<
@@ -126,6 +131,64 @@ where
         .await
         .context("reading which notifications went out (bucket.controller_prefix)")?;
     Ok(rec)
+}
+
+/// Runs the controller: the HTTP endpoint and the control loop side by side, until
+/// `shutdown` completes (or after one full pass with `once`).
+///
+/// # Errors
+/// A setting at fault at start-up (listen address, buckets, template, policy), or with
+/// `once` the listing that failed.
+pub async fn serve_and_run(
+    settings: Settings,
+    once: bool,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new(settings.per_user_metrics));
+    let listen = settings.http.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("setting `http.listen`: cannot listen on {listen}"))?;
+    let rec = Arc::new(connect(settings, metrics.clone()).await?);
+    let settings = rec.settings();
+    let queue = Arc::new(WorkQueue::new(metrics.clone()));
+    let health = Arc::new(Health::new(
+        settings.resync_interval * 3 + Duration::from_secs(60),
+    ));
+    let endpoint = Arc::new(Endpoint {
+        metrics,
+        health: health.clone(),
+        queue: queue.clone(),
+        hint_token: settings.http.hint_token.clone(),
+        max_hint_bytes: settings.http.max_hint_bytes,
+        bucket: settings.bucket.clone(),
+        home_prefix: settings.home_prefix.clone(),
+    });
+    if endpoint.hint_token.is_none() {
+        tracing::info!(
+            "hints are off: set FLIGHTDECK_HINT_TOKEN or http.hint_token_file to turn them on"
+        );
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    tracing::info!(%listen, "serving /metrics, /healthz, /readyz and /hints");
+    let server = tokio::spawn(serve(listener, endpoint, until_stopped()));
+    let result = run(rec, queue, health, once, until_stopped()).await;
+    if once {
+        server.abort();
+    } else {
+        let _ = server.await;
+    }
+    result.context("resync failed")
 }
 
 #[cfg(test)]

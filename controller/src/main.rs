@@ -6,14 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
-use std::time::Duration;
 
 use flightdeck::app::connect;
 use flightdeck::config::{LogFormat, Settings};
-use flightdeck::http::{Endpoint, Health, serve};
 use flightdeck::metrics::Metrics;
-use flightdeck::queue::WorkQueue;
-use flightdeck::run::run;
 use flightdeck_core::plan::Action;
 use tracing_subscriber::EnvFilter;
 
@@ -25,52 +21,49 @@ struct Cli {
     command: Command,
 }
 
+/// The configuration file, for every command.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The configuration file.
+    #[arg(long, env = "FLIGHTDECK_CONFIG", default_value = "flightdeck.toml")]
+    config: PathBuf,
+}
+
+/// A request file to check or render, and whose it is.
+#[derive(clap::Args)]
+struct RequestArgs {
+    /// The request file (`<cluster>.cf-create`).
+    file: PathBuf,
+    /// The user it is for.
+    #[arg(long)]
+    user: String,
+    /// The cluster name; by default the file's name without `.cf-create`.
+    #[arg(long)]
+    cluster: Option<String>,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller: a full resync every interval, until SIGTERM or Ctrl-C.
     Run {
-        /// The configuration file.
-        #[arg(long, env = "FLIGHTDECK_CONFIG", default_value = "flightdeck.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// One full pass, then exit (non-zero if the pass could not list).
         #[arg(long)]
         once: bool,
     },
     /// Observe and plan one pass; print what would be done; write nothing.
     Plan {
-        /// The configuration file.
-        #[arg(long, env = "FLIGHTDECK_CONFIG", default_value = "flightdeck.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Check a request against the policy, offline: exit 0 when admitted, else print what
     /// the user would read in `.cf-failed` and exit 1.
-    Validate {
-        /// The request file (`<cluster>.cf-create`).
-        file: PathBuf,
-        /// The user it is checked for.
-        #[arg(long)]
-        user: String,
-        /// The cluster name; by default the file's name without `.cf-create`.
-        #[arg(long)]
-        cluster: Option<String>,
-        /// The configuration file.
-        #[arg(long, env = "FLIGHTDECK_CONFIG", default_value = "flightdeck.toml")]
-        config: PathBuf,
-    },
+    Validate(RequestArgs),
     /// Print the stack name, Parameters and Tags a request would be sent with, offline.
-    Render {
-        /// The request file (`<cluster>.cf-create`).
-        file: PathBuf,
-        /// The user it is rendered for.
-        #[arg(long)]
-        user: String,
-        /// The cluster name; by default the file's name without `.cf-create`.
-        #[arg(long)]
-        cluster: Option<String>,
-        /// The configuration file.
-        #[arg(long, env = "FLIGHTDECK_CONFIG", default_value = "flightdeck.toml")]
-        config: PathBuf,
-    },
+    Render(RequestArgs),
     /// Enrol a user: create `customizer/USER/configure.d/` from the defaults, with their key.
     Enrol {
         /// The user's IAM user name.
@@ -84,9 +77,8 @@ enum Command {
         /// The default scripts to copy.
         #[arg(long, default_value = "customizer/default/configure.d")]
         defaults: PathBuf,
-        /// The configuration file.
-        #[arg(long, env = "FLIGHTDECK_CONFIG", default_value = "flightdeck.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -121,13 +113,13 @@ async fn main() -> ExitCode {
 impl Command {
     async fn execute(self) -> anyhow::Result<ExitCode> {
         match self {
-            Command::Validate {
+            Command::Validate(RequestArgs {
                 file,
                 user,
                 cluster,
                 config,
-            } => {
-                let settings = Settings::load(&config, std::env::vars())?;
+            }) => {
+                let settings = Settings::load(&config.config, std::env::vars())?;
                 let (body, cluster) = request_file(&file, cluster)?;
                 match flightdeck::offline::validate(&settings, &user, &cluster, &body)
                     .map_err(anyhow::Error::msg)?
@@ -145,13 +137,13 @@ impl Command {
                     }
                 }
             }
-            Command::Render {
+            Command::Render(RequestArgs {
                 file,
                 user,
                 cluster,
                 config,
-            } => {
-                let settings = Settings::load(&config, std::env::vars())?;
+            }) => {
+                let settings = Settings::load(&config.config, std::env::vars())?;
                 let (body, cluster) = request_file(&file, cluster)?;
                 match flightdeck::offline::render(&settings, &user, &cluster, &body) {
                     Ok(spec) => {
@@ -176,7 +168,7 @@ impl Command {
                 defaults,
                 config,
             } => {
-                let settings = load(&config)?;
+                let settings = load(&config.config)?;
                 let keys = std::fs::read_to_string(&ssh_key)
                     .with_context(|| format!("cannot read {}", ssh_key.display()))?;
                 let metrics = Arc::new(Metrics::new(false));
@@ -202,56 +194,12 @@ impl Command {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Run { config, once } => {
-                let settings = load(&config)?;
-                let metrics = Arc::new(Metrics::new(settings.per_user_metrics));
-                let listen = settings.http.listen;
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .with_context(|| format!("setting `http.listen`: cannot listen on {listen}"))?;
-                let rec = Arc::new(connect(settings, metrics.clone()).await?);
-                let settings = rec.settings();
-                let queue = Arc::new(WorkQueue::new(metrics.clone()));
-                let health = Arc::new(Health::new(
-                    settings.resync_interval * 3 + Duration::from_secs(60),
-                ));
-                let endpoint = Arc::new(Endpoint {
-                    metrics,
-                    health: health.clone(),
-                    queue: queue.clone(),
-                    hint_token: settings.http.hint_token.clone(),
-                    max_hint_bytes: settings.http.max_hint_bytes,
-                    bucket: settings.bucket.clone(),
-                    home_prefix: settings.home_prefix.clone(),
-                });
-                if endpoint.hint_token.is_none() {
-                    tracing::info!(
-                        "hints are off: set FLIGHTDECK_HINT_TOKEN or http.hint_token_file to turn them on"
-                    );
-                }
-                let (stop, stopped) = tokio::sync::watch::channel(false);
-                let until_stopped = move || {
-                    let mut rx = stopped.clone();
-                    async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    }
-                };
-                tokio::spawn(async move {
-                    shutdown_signal().await;
-                    let _ = stop.send(true);
-                });
-                tracing::info!(%listen, "serving /metrics, /healthz, /readyz and /hints");
-                let server = tokio::spawn(serve(listener, endpoint, until_stopped()));
-                let result = run(rec, queue, health, once, until_stopped()).await;
-                if once {
-                    server.abort();
-                } else {
-                    let _ = server.await;
-                }
-                result.context("resync failed")?;
+                flightdeck::app::serve_and_run(load(&config.config)?, once, shutdown_signal())
+                    .await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Plan { config } => {
-                let settings = load(&config)?;
+                let settings = load(&config.config)?;
                 let rec = connect(settings, Arc::new(Metrics::new(false))).await?;
                 let report = rec
                     .resync(true, None)

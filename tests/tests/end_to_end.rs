@@ -377,46 +377,33 @@ async fn when_more_requests_vanish_than_the_cap_no_stack_is_deleted() {
     assert!(status.contains("held back"), "{status}");
 }
 
-#[tokio::test]
-async fn a_bad_configuration_stops_start_up_naming_the_setting() {
-    let site = Site::new().await;
-    let mut bad = Site {
+/// What `flightdeck run --once` prints when start-up fails with one more setting.
+fn start_up_error(site: &Site, name: &str, value: &str) -> String {
+    let mut env = site.env.clone();
+    env.push((name.into(), value.into()));
+    let changed = Site {
         bucket: site.bucket.clone(),
-        env: site.env.clone(),
+        env,
     };
-    bad.env.push((
-        "FLIGHTDECK_RECONCILE_RESYNC_INTERVAL".into(),
-        "often".into(),
-    ));
     let out = flightdeck_command(
-        &bad,
+        &changed,
         &["run", "--once", "--config", "deploy/local/flightdeck.toml"],
     )
     .output()
     .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "start-up should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_bad_configuration_stops_start_up_naming_the_setting() {
+    let site = Site::new().await;
+    let err = start_up_error(&site, "FLIGHTDECK_RECONCILE_RESYNC_INTERVAL", "often");
     assert!(
         err.contains("setting `reconcile.resync_interval`: `often` is not a duration"),
         "{err}"
     );
-
-    let mut missing = Site {
-        bucket: site.bucket.clone(),
-        env: site.env.clone(),
-    };
-    missing.env.push((
-        "FLIGHTDECK_BUCKET_NAME".into(),
-        "no-such-bucket-here".into(),
-    ));
-    let out = flightdeck_command(
-        &missing,
-        &["run", "--once", "--config", "deploy/local/flightdeck.toml"],
-    )
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = start_up_error(&site, "FLIGHTDECK_BUCKET_NAME", "no-such-bucket-here");
     assert!(
         err.contains("setting `bucket.name`: cannot list s3://no-such-bucket-here/home/"),
         "{err}"
