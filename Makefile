@@ -13,7 +13,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 BIN := $(CARGO_TARGET_DIR)/debug/flightdeck
 
-.PHONY: demo test lint build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints
+.PHONY: demo test lint build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints image image-setup image-test k8s-lint lambda-test
 
 ## demo: start the emulator, run the controller, create and delete a cluster with the aws CLI
 demo: venv build
@@ -21,7 +21,7 @@ demo: venv build
 
 ## test: every test: unit, emulator integration and end-to-end, plus the linters and the
 ## monitoring checked live on a real Prometheus
-test: venv packages lint monitoring-lint
+test: venv packages lint monitoring-lint k8s-lint lambda-test
 	$(CARGO) test --workspace --all-targets --locked
 	$(MAKE) monitoring-live
 
@@ -31,7 +31,8 @@ lint: venv packages
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(VENV)/bin/cfn-lint templates/*.yaml
 	policies/check.sh
-	shellcheck deploy/local/*.sh deploy/*.sh deploy/grafana/check/check.sh policies/*.sh customizer/default/configure.d/*.sh .ci/run
+	shellcheck deploy/local/*.sh deploy/*.sh deploy/grafana/check/check.sh deploy/image/*.sh deploy/k8s/*.sh \
+	  policies/*.sh customizer/default/configure.d/*.sh .ci/run
 
 build:
 	$(CARGO) build --workspace --locked
@@ -86,3 +87,23 @@ monitoring-live: venv packages monitoring-tools build
 ## bench-hints: hint-to-CreateStack latency over 50 requests, the controller on the emulator
 bench-hints: venv build
 	$(CARGO) run --quiet --locked -p flightdeck-tests --bin hint_latency
+
+## image: the container image localhost/flightdeck:dev (static binary on scratch; installs podman if missing)
+image: image-setup
+	deploy/image/build.sh
+
+image-setup:
+	deploy/image/setup.sh
+
+## image-test: the image against the local emulator: probes, hints, a cluster created and deleted, SIGTERM
+image-test: venv packages image
+	deploy/image/test.sh
+
+## k8s-lint: the Kubernetes manifests, strictly (kubernetes-validate) and against each other
+k8s-lint: venv
+	deploy/k8s/check.sh
+
+## lambda-test: the hint forwarder's unit tests and its CloudFormation template
+lambda-test: venv
+	$(PYTHON) -m unittest deploy/lambda/test_forward.py
+	$(VENV)/bin/cfn-lint deploy/lambda/forwarder.yaml
