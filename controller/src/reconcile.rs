@@ -83,14 +83,15 @@ struct CachedRequest {
 /// user can never both take the last of a limit.
 #[derive(Default)]
 pub(crate) struct UsageBook {
-    by_user: HashMap<String, BTreeMap<String, (u64, Option<Dollars>)>>,
+    /// Per user, per cluster: ComputeMaxNodes, cost, and when this was recorded.
+    by_user: HashMap<String, BTreeMap<String, (u64, Option<Dollars>, Instant)>>,
 }
 
 impl UsageBook {
     /// What `user`'s clusters other than `cluster` take up.
     pub(crate) fn usage_of(&self, user: &str, cluster: &str) -> Usage {
         let mut usage = Usage::default();
-        for (c, (nodes, cost)) in self.by_user.get(user).into_iter().flatten() {
+        for (c, (nodes, cost, _)) in self.by_user.get(user).into_iter().flatten() {
             if c != cluster {
                 usage.add(*nodes, *cost);
             }
@@ -109,10 +110,10 @@ impl UsageBook {
             .get("ComputeMaxNodes")
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        self.by_user
-            .entry(key.user.clone())
-            .or_default()
-            .insert(key.cluster.clone(), (nodes, cost_of(parameters, prices)));
+        self.by_user.entry(key.user.clone()).or_default().insert(
+            key.cluster.clone(),
+            (nodes, cost_of(parameters, prices), Instant::now()),
+        );
     }
 
     /// Forgets a cluster.
@@ -122,12 +123,20 @@ impl UsageBook {
         }
     }
 
-    /// Starts again from the stacks of a full listing.
+    /// Starts again from the stacks of a full listing that began at `listed_at`, keeping
+    /// what was recorded since (a create the listing could not have seen yet).
     fn rebuild(
         &mut self,
         stacks: &BTreeMap<ClusterKey, StackView>,
         prices: &BTreeMap<String, Dollars>,
+        listed_at: Instant,
     ) {
+        let newer: Vec<(String, String, (u64, Option<Dollars>, Instant))> = self
+            .by_user
+            .iter()
+            .flat_map(|(u, m)| m.iter().map(move |(c, e)| (u.clone(), c.clone(), *e)))
+            .filter(|(_, _, e)| e.2 > listed_at)
+            .collect();
         self.by_user.clear();
         for (key, stack) in stacks {
             if matches!(
@@ -139,6 +148,9 @@ impl UsageBook {
             ) {
                 self.set(key, &stack.parameters, prices);
             }
+        }
+        for (user, cluster, entry) in newer {
+            self.by_user.entry(user).or_default().insert(cluster, entry);
         }
     }
 }
@@ -283,7 +295,7 @@ where
         }
         self.forget_unseen(&snap);
         self.lock_usage()
-            .rebuild(&snap.stacks, &self.settings.policy.prices);
+            .rebuild(&snap.stacks, &self.settings.policy.prices, start);
         let outcomes: BTreeMap<ClusterKey, KeyOutcome> = futures::stream::iter(snap.keys())
             .map(|key| {
                 let files = snap.files.get(&key).cloned().unwrap_or_default();
@@ -693,3 +705,28 @@ fn summarize(report: &PassReport, orphans_pending: usize, per_user: bool) -> Pas
 #[cfg(test)]
 #[path = "reconcile_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn a_rebuild_keeps_what_was_recorded_after_its_listing_began() {
+        let prices = BTreeMap::new();
+        let params = |n: &str| BTreeMap::from([("ComputeMaxNodes".to_string(), n.to_string())]);
+        let a = ClusterKey::new("alice", "a").unwrap();
+        let b = ClusterKey::new("alice", "b").unwrap();
+        let mut book = UsageBook::default();
+        book.set(&a, &params("8"), &prices);
+        let listed_at = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        book.set(&b, &params("4"), &prices); // created after the listing began
+        book.rebuild(&BTreeMap::new(), &prices, listed_at);
+        let usage = book.usage_of("alice", "other");
+        assert_eq!(
+            (usage.clusters, usage.max_nodes),
+            (1, 4),
+            "a is gone, b is kept"
+        );
+    }
+}
