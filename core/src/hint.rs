@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::key::{ClusterKey, KeyKind, Suffix, classify};
+use crate::key::{ClusterKey, KeyKind, classify};
 
 /// What became of one record of a hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -119,9 +119,7 @@ fn collect(
         } else {
             match decode_key(raw_key) {
                 Some(key) if key.starts_with(home) => match classify(home, &key) {
-                    KeyKind::Cluster { key, suffix }
-                        if suffix.is_user_written() || suffix == Suffix::Created =>
-                    {
+                    KeyKind::Cluster { key, suffix } if suffix.is_user_written() => {
                         if hint.keys.insert(key) {
                             RecordOutcome::Accepted
                         } else {
@@ -191,6 +189,7 @@ mod tests {
             ("users", "flightdeck/state"),
             ("users", "home/alice/notes.txt"),
             ("users", "home/alice/x.cf-status"),
+            ("users", "home/alice/x.cf-created"),
         ]);
         let hint = parse_hint(body.as_bytes(), "users", "home/").unwrap();
         assert_eq!(hint.keys, [key("alice", "x"), key("bob", "y")].into());
@@ -202,6 +201,7 @@ mod tests {
                 RecordOutcome::Accepted,
                 RecordOutcome::OtherBucket,
                 RecordOutcome::OutsideHome,
+                RecordOutcome::NotARequest,
                 RecordOutcome::NotARequest,
                 RecordOutcome::NotARequest,
             ]
