@@ -83,9 +83,12 @@ struct CachedRequest {
 /// user can never both take the last of a limit.
 #[derive(Default)]
 pub(crate) struct UsageBook {
-    /// Per user, per cluster: ComputeMaxNodes, cost, and when this was recorded.
-    by_user: HashMap<String, BTreeMap<String, (u64, Option<Dollars>, Instant)>>,
+    /// Per user, per cluster.
+    by_user: HashMap<String, BTreeMap<String, Share>>,
 }
+
+/// What one cluster takes up: ComputeMaxNodes, cost, and when this was recorded.
+type Share = (u64, Option<Dollars>, Instant);
 
 impl UsageBook {
     /// What `user`'s clusters other than `cluster` take up.
@@ -131,7 +134,7 @@ impl UsageBook {
         prices: &BTreeMap<String, Dollars>,
         listed_at: Instant,
     ) {
-        let newer: Vec<(String, String, (u64, Option<Dollars>, Instant))> = self
+        let newer: Vec<(String, String, Share)> = self
             .by_user
             .iter()
             .flat_map(|(u, m)| m.iter().map(move |(c, e)| (u.clone(), c.clone(), *e)))
