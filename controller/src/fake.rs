@@ -407,3 +407,14 @@ impl Mailer for FakeMailer {
         Ok(())
     }
 }
+
+/// An in-memory cloud: every service faked, mail kept.
+pub fn cloud() -> crate::reconcile::Cloud<FakeStore, FakeStacks, FakeInstances, FakeMailer> {
+    crate::reconcile::Cloud {
+        store: FakeStore::default(),
+        customizer: FakeStore::default(),
+        stacks: FakeStacks::default(),
+        instances: FakeInstances::default(),
+        mailer: Some(FakeMailer::default()),
+    }
+}

@@ -129,9 +129,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::fake::{FakeInstances, FakeMailer, FakeStacks, FakeStore};
     use crate::metrics::Metrics;
-    use crate::reconcile::{Cloud, Reconciler};
+    use crate::reconcile::Reconciler;
 
     fn settings() -> Settings {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -151,13 +150,7 @@ mod tests {
     /// What the controller writes to `.cf-failed` for the same file and user.
     async fn controller_writes(settings: &Settings, user: &str, body: &str) -> Option<String> {
         let rules = rules(settings).unwrap();
-        let cloud = Cloud {
-            store: FakeStore::default(),
-            customizer: FakeStore::default(),
-            stacks: FakeStacks::default(),
-            instances: FakeInstances::default(),
-            mailer: None::<FakeMailer>,
-        };
+        let cloud = crate::fake::cloud();
         cloud.customizer.insert(
             &format!("customizer/{user}/configure.d/authorized_keys"),
             "k",

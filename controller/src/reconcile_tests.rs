@@ -7,13 +7,12 @@ use std::time::Duration;
 use flightdeck_core::identity::{Identity, TAG_OWNER};
 use flightdeck_core::key::ClusterKey;
 use flightdeck_core::orphan::{OrphanPolicy, OrphanSettings};
-use flightdeck_core::request::{ParameterRule, RequestRules};
 use flightdeck_core::stack::StackView;
 
 use crate::config::{Enrolment, Notify, Settings};
 use crate::fake::{FakeInstances, FakeMailer, FakeStacks, FakeStore};
 use crate::ports::{ErrorKind, ObjectStore, Template};
-use crate::reconcile::{Cloud, Reconciler};
+use crate::reconcile::Reconciler;
 
 type Rec = Reconciler<FakeStore, FakeStacks, FakeInstances, FakeMailer>;
 
@@ -90,20 +89,8 @@ fn test_policy() -> flightdeck_core::policy::Policy {
 }
 
 fn rec_with(settings: Settings) -> Rec {
-    let mut template: BTreeMap<String, ParameterRule> = USER_KEYS
-        .iter()
-        .map(|k| (k.to_string(), ParameterRule::default()))
-        .collect();
-    template.insert("AccessUsername".into(), ParameterRule::default());
-    template.insert("FlightProfiles".into(), ParameterRule::default());
-    let rules = RequestRules::new(&template, &BTreeMap::new(), &settings.user_parameters).unwrap();
-    let cloud = Cloud {
-        store: FakeStore::default(),
-        customizer: FakeStore::default(),
-        stacks: FakeStacks::default(),
-        instances: FakeInstances::default(),
-        mailer: Some(FakeMailer::default()),
-    };
+    let rules = crate::offline::rules(&settings).unwrap();
+    let cloud = crate::fake::cloud();
     for user in ["alice", "bob"] {
         cloud.customizer.insert(
             &format!("customizer/{user}/configure.d/authorized_keys"),

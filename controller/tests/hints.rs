@@ -16,11 +16,10 @@ use flightdeck::config::{Http, LogFormat, Notify, Settings};
 use flightdeck::fake::{FakeInstances, FakeMailer, FakeStacks, FakeStore};
 use flightdeck::metrics::Metrics;
 use flightdeck::ports::Template;
-use flightdeck::reconcile::{Cloud, Reconciler};
+use flightdeck::reconcile::Reconciler;
 use flightdeck_core::hint::parse_hint;
 use flightdeck_core::identity::Identity;
 use flightdeck_core::orphan::{OrphanPolicy, OrphanSettings};
-use flightdeck_core::request::{ParameterRule, RequestRules};
 use proptest::prelude::*;
 
 type Rec = Reconciler<FakeStore, FakeStacks, FakeInstances, FakeMailer>;
@@ -81,20 +80,8 @@ fn reconciler() -> Rec {
         )
         .unwrap(),
     };
-    let mut template: BTreeMap<String, ParameterRule> = KEYS
-        .iter()
-        .map(|k| (k.to_string(), ParameterRule::default()))
-        .collect();
-    template.insert("AccessUsername".into(), ParameterRule::default());
-    template.insert("FlightProfiles".into(), ParameterRule::default());
-    let rules = RequestRules::new(&template, &BTreeMap::new(), &settings.user_parameters).unwrap();
-    let cloud = Cloud {
-        store: FakeStore::default(),
-        customizer: FakeStore::default(),
-        stacks: FakeStacks::default(),
-        instances: FakeInstances::default(),
-        mailer: Some(FakeMailer::default()),
-    };
+    let rules = flightdeck::offline::rules(&settings).unwrap();
+    let cloud = flightdeck::fake::cloud();
     Reconciler::new(cloud, settings, rules, Arc::new(Metrics::new(false)))
 }
 
