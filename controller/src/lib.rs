@@ -27,3 +27,4 @@ pub mod ports;
 pub mod queue;
 pub mod reconcile;
 pub mod run;
+pub mod usage;
