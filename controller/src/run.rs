@@ -33,7 +33,8 @@ pub fn requeue(
 }
 
 /// Runs until `shutdown` completes (or after one full pass with `once`). Workers finish the
-/// cluster they hold before the loop returns, so no write is left half-done.
+/// cluster they hold before the loop returns; a full pass in progress stops at its next
+/// call.
 ///
 /// # Errors
 /// With `once`, the listing error of the pass, if any.
@@ -72,7 +73,13 @@ where
         .collect();
     tokio::pin!(shutdown);
     loop {
-        if let Ok(report) = rec.resync(false, Some(&queue)).await {
+        // A shutdown cuts a long pass short between calls: every action is idempotent, each
+        // write to S3 is whole or absent, and the next start looks at everything again.
+        let pass = tokio::select! {
+            result = rec.resync(false, Some(&queue)) => result,
+            () = &mut shutdown => break,
+        };
+        if let Ok(report) = pass {
             log_pass(&report);
             health.resynced();
             for (key, outcome) in &report.outcomes {
