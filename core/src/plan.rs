@@ -819,11 +819,11 @@ pub fn holds(etag: &str, body: &str) -> bool {
     unquote(etag).eq_ignore_ascii_case(&hex_md5(body.as_bytes()))
 }
 
-/// Turns a decision into actions: the stack action first, then writes of markers whose
-/// content differs, removals of markers that should not exist, the notice (only when its
-/// marker is newly written, so it goes out once), and a look-again.
+/// Turns a decision into actions: the stack action first, then the notice (only when its
+/// marker is newly written, so it goes out once), writes of markers whose content differs,
+/// removals of markers that should not exist, and a look-again.
 fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
-    let mut actions: Vec<Action> = d.stack.into_iter().collect();
+    let mut writes = Vec::new();
     let mut written = BTreeSet::new();
     let status = match &d.status {
         Report::Keep => Want::Keep,
@@ -841,15 +841,33 @@ fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
             (Want::Body(body), Some(etag)) if holds(etag, body) => {}
             (Want::Body(body), _) => {
                 written.insert(suffix);
-                actions.push(Action::Put {
+                writes.push(Action::Put {
                     key: object,
                     body: body.clone(),
                 });
             }
-            (Want::Absent, Some(_)) => actions.push(Action::Remove { key: object }),
+            (Want::Absent, Some(_)) => writes.push(Action::Remove { key: object }),
             (Want::Absent, None) | (Want::Keep, _) => {}
         }
     }
+    // Notices go before the writes that announce the same thing: should a write fail, the
+    // next look plans the notice again and its id keeps it from going out twice; the
+    // other way round, a crash between the two could lose it.
+    let mut actions: Vec<Action> = d.stack.into_iter().collect();
+    if let Some(n) = d.warn {
+        actions.push(Action::Notify(n));
+    }
+    if let Some(n) = d.notify {
+        let marker = match n.event {
+            NoticeEvent::Ready => Suffix::Created,
+            NoticeEvent::Failed => Suffix::Failed,
+            NoticeEvent::Deleted | NoticeEvent::LifetimeWarning => Suffix::Deleted,
+        };
+        if written.contains(&marker) {
+            actions.push(Action::Notify(n));
+        }
+    }
+    actions.extend(writes);
     if d.remove_requests {
         if !matches!(obs.request, RequestState::Absent) {
             actions.push(Action::Remove {
@@ -867,19 +885,6 @@ fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
             key: obs.key.object_key(ctx.home_prefix, Suffix::Delete),
             body: "written by flightdeck: the cluster's lifetime ended\n".into(),
         });
-    }
-    if let Some(n) = d.warn {
-        actions.push(Action::Notify(n));
-    }
-    if let Some(n) = d.notify {
-        let marker = match n.event {
-            NoticeEvent::Ready => Suffix::Created,
-            NoticeEvent::Failed => Suffix::Failed,
-            NoticeEvent::Deleted | NoticeEvent::LifetimeWarning => Suffix::Deleted,
-        };
-        if written.contains(&marker) {
-            actions.push(Action::Notify(n));
-        }
     }
     if d.soon {
         actions.push(Action::LookAgainSoon);

@@ -199,7 +199,7 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
                 admission: refused("over"),
                 ..o()
             },
-            vec!["put x.cf-created", "status Ready", "notify Ready"],
+            vec!["notify Ready", "put x.cf-created", "status Ready"],
         ),
         (
             "valid request changed beyond the user's limits: update refused, cluster kept",
@@ -234,10 +234,10 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
                 ..o()
             },
             vec![
-                "put x.cf-created",
-                "status Ready",
                 "notify LifetimeWarning",
                 "notify Ready",
+                "put x.cf-created",
+                "status Ready",
             ],
         ),
         (
@@ -249,7 +249,7 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
                 now: 100 + 3600,
                 ..o()
             },
-            vec!["put x.cf-created", "status Ready", "notify Ready"],
+            vec!["notify Ready", "put x.cf-created", "status Ready"],
         ),
         (
             "valid request, CREATE_IN_PROGRESS: creating, look again soon",
@@ -267,7 +267,7 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
                 stack: Some(stack("CREATE_COMPLETE", &s)),
                 ..o()
             },
-            vec!["put x.cf-created", "status Ready", "notify Ready"],
+            vec!["notify Ready", "put x.cf-created", "status Ready"],
         ),
         (
             "valid request, CREATE_COMPLETE without a login address yet: wait",
@@ -316,10 +316,10 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
                 ..o()
             },
             vec![
+                "notify Failed",
                 "put x.cf-failed",
                 "put x.cf-created",
                 "status Ready",
-                "notify Failed",
             ],
         ),
         (
@@ -329,7 +329,7 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
                 stack: Some(stack("CREATE_FAILED", &s)),
                 ..o()
             },
-            vec!["put x.cf-failed", "status Failed", "notify Failed"],
+            vec!["notify Failed", "put x.cf-failed", "status Failed"],
         ),
         (
             "valid request, ROLLBACK_COMPLETE, request unchanged: failed with reason, no retry",
@@ -338,7 +338,7 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
                 stack: Some(stack("ROLLBACK_COMPLETE", &s)),
                 ..o()
             },
-            vec!["put x.cf-failed", "status Failed", "notify Failed"],
+            vec!["notify Failed", "put x.cf-failed", "status Failed"],
         ),
         (
             "valid request changed after ROLLBACK_COMPLETE: delete, then recreate",
@@ -378,7 +378,7 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
                 stack: Some(stack("UPDATE_ROLLBACK_FAILED", &s)),
                 ..o()
             },
-            vec!["put x.cf-failed", "status Failed", "notify Failed"],
+            vec!["notify Failed", "put x.cf-failed", "status Failed"],
         ),
         (
             "invalid request, no stack: failed, nothing touched",
@@ -396,10 +396,10 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
                 ..o()
             },
             vec![
+                "notify Ready",
                 "put x.cf-failed",
                 "put x.cf-created",
                 "status Ready",
-                "notify Ready",
             ],
         ),
         (
@@ -473,12 +473,12 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
                 &[Suffix::Created, Suffix::Status],
             ),
             vec![
+                "notify Deleted",
                 "remove x.cf-created",
                 "put x.cf-deleted",
                 "status Deleted",
                 "remove x.cf-create",
                 "remove x.cf-delete",
-                "notify Deleted",
             ],
         ),
         (
@@ -564,10 +564,10 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
             "no request, no stack, cluster was ready: report it deleted",
             with_markers(o(), &[Suffix::Created, Suffix::Status]),
             vec![
+                "notify Deleted",
                 "remove x.cf-created",
                 "put x.cf-deleted",
                 "status Deleted",
-                "notify Deleted",
             ],
         ),
         (
