@@ -293,6 +293,11 @@ mod tests {
         String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
     }
 
+    /// POSTs a hint naming one object, with `token`.
+    async fn hint(e: &Endpoint, token: Option<&str>, key: &str) -> Reply {
+        handle(e, request(Method::POST, "/hints", token, &s3_event(key))).await
+    }
+
     fn s3_event(key: &str) -> String {
         serde_json::json!({"Records": [{"s3": {"bucket": {"name": "users"}, "object": {"key": key}}}]}).to_string()
     }
@@ -338,16 +343,7 @@ mod tests {
     #[tokio::test]
     async fn a_hint_queues_the_cluster_it_names() {
         let e = endpoint();
-        let r = handle(
-            &e,
-            request(
-                Method::POST,
-                "/hints",
-                Some(TOKEN),
-                &s3_event("home/alice/x.cf-create"),
-            ),
-        )
-        .await;
+        let r = hint(&e, Some(TOKEN), "home/alice/x.cf-create").await;
         assert_eq!(r.status(), StatusCode::ACCEPTED);
         assert_eq!(body(r).await.trim(), r#"{"accepted":1,"ignored":0}"#);
         let key = tokio::time::timeout(Duration::from_secs(1), e.queue.get())
@@ -370,16 +366,7 @@ mod tests {
             Some("0123456789abcdef012"),
             Some("0123456789abcdef01234"),
         ] {
-            let r = handle(
-                &e,
-                request(
-                    Method::POST,
-                    "/hints",
-                    token,
-                    &s3_event("home/alice/x.cf-create"),
-                ),
-            )
-            .await;
+            let r = hint(&e, token, "home/alice/x.cf-create").await;
             assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{token:?}");
         }
         assert_eq!(e.queue.depth(), 0);
@@ -414,16 +401,7 @@ mod tests {
             hint_token: None,
             ..endpoint()
         };
-        let r = handle(
-            &e,
-            request(
-                Method::POST,
-                "/hints",
-                Some(TOKEN),
-                &s3_event("home/alice/x.cf-create"),
-            ),
-        )
-        .await;
+        let r = hint(&e, Some(TOKEN), "home/alice/x.cf-create").await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
 

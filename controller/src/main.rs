@@ -82,21 +82,24 @@ enum Command {
     },
 }
 
-/// Reads a request file and picks the cluster name.
-fn request_file(
-    file: &std::path::Path,
-    cluster: Option<String>,
-) -> anyhow::Result<(Vec<u8>, String)> {
-    let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let cluster = cluster
-        .or_else(|| flightdeck::offline::cluster_of_file(file))
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "{} is not named <cluster>.cf-create: give --cluster",
-                file.display()
-            )
-        })?;
-    Ok((body, cluster))
+impl RequestArgs {
+    /// The settings, the user, the cluster name (by default the file's name without
+    /// `.cf-create`), the request's bytes and the file.
+    fn read(self) -> anyhow::Result<(Settings, String, String, Vec<u8>, PathBuf)> {
+        let settings = Settings::load(&self.config.config, std::env::vars())?;
+        let body = std::fs::read(&self.file)
+            .with_context(|| format!("cannot read {}", self.file.display()))?;
+        let cluster = self
+            .cluster
+            .or_else(|| flightdeck::offline::cluster_of_file(&self.file))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} is not named <cluster>.cf-create: give --cluster",
+                    self.file.display()
+                )
+            })?;
+        Ok((settings, self.user, cluster, body, self.file))
+    }
 }
 
 #[tokio::main]
@@ -113,14 +116,8 @@ async fn main() -> ExitCode {
 impl Command {
     async fn execute(self) -> anyhow::Result<ExitCode> {
         match self {
-            Command::Validate(RequestArgs {
-                file,
-                user,
-                cluster,
-                config,
-            }) => {
-                let settings = Settings::load(&config.config, std::env::vars())?;
-                let (body, cluster) = request_file(&file, cluster)?;
+            Command::Validate(args) => {
+                let (settings, user, cluster, body, file) = args.read()?;
                 match flightdeck::offline::validate(&settings, &user, &cluster, &body)
                     .map_err(anyhow::Error::msg)?
                 {
@@ -137,14 +134,8 @@ impl Command {
                     }
                 }
             }
-            Command::Render(RequestArgs {
-                file,
-                user,
-                cluster,
-                config,
-            }) => {
-                let settings = Settings::load(&config.config, std::env::vars())?;
-                let (body, cluster) = request_file(&file, cluster)?;
+            Command::Render(args) => {
+                let (settings, user, cluster, body, _) = args.read()?;
                 match flightdeck::offline::render(&settings, &user, &cluster, &body) {
                     Ok(spec) => {
                         let out = serde_json::json!({

@@ -66,29 +66,28 @@ fn view(stack: &Stack) -> StackView {
             .iter()
             .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
             .collect(),
-        parameters: stack
-            .parameters()
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    p.parameter_key()?.to_owned(),
-                    p.parameter_value().unwrap_or_default().to_owned(),
-                ))
-            })
-            .collect(),
-        outputs: stack
-            .outputs()
-            .iter()
-            .filter_map(|o| {
-                Some((
-                    o.output_key()?.to_owned(),
-                    o.output_value().unwrap_or_default().to_owned(),
-                ))
-            })
-            .collect(),
+        parameters: pairs(stack.parameters(), |p| {
+            (p.parameter_key(), p.parameter_value())
+        }),
+        outputs: pairs(stack.outputs(), |o| (o.output_key(), o.output_value())),
         failure_reason: None,
         login_ip: None,
     }
+}
+
+/// Key-value pairs of an SDK list; items without a key are left out, a missing value is
+/// empty.
+fn pairs<T>(
+    items: &[T],
+    kv: impl Fn(&T) -> (Option<&str>, Option<&str>),
+) -> BTreeMap<String, String> {
+    items
+        .iter()
+        .filter_map(|item| match kv(item) {
+            (Some(k), v) => Some((k.to_owned(), v.unwrap_or_default().to_owned())),
+            (None, _) => None,
+        })
+        .collect()
 }
 
 fn parameters(spec: &StackSpec) -> Option<Vec<Parameter>> {
