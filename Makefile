@@ -13,7 +13,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 BIN := $(CARGO_TARGET_DIR)/debug/flightdeck
 
-.PHONY: demo test lint build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints image image-setup image-test k8s-lint lambda-test
+.PHONY: demo test lint build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints image image-setup image-test k8s-lint lambda-test emulator-test
 
 ## demo: start the emulator, run the controller, create and delete a cluster with the aws CLI
 demo: venv build
@@ -21,7 +21,7 @@ demo: venv build
 
 ## test: every test: unit, emulator integration and end-to-end, plus the linters and the
 ## monitoring checked live on a real Prometheus
-test: venv packages lint monitoring-lint k8s-lint lambda-test
+test: venv packages emulator-test lint monitoring-lint k8s-lint lambda-test
 	$(CARGO) test --workspace --all-targets --locked
 	$(MAKE) monitoring-live
 
@@ -61,6 +61,10 @@ emulator: venv packages
 
 emulator-stop:
 	deploy/local/emulator.sh stop
+
+## emulator-test: the emulator's extension to moto (wait conditions, secrets in stacks)
+emulator-test: venv
+	$(VENV)/bin/python -m unittest deploy/local/test_emulator_ext.py
 
 ## monitoring-tools: prometheus and promtool (Debian), without the Debian service left running
 monitoring-tools:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The local AWS emulator (moto_server) for flightdeck's local mode and integration tests.
+# The local AWS emulator for flightdeck's local mode and integration tests: moto_server with
+# deploy/local/emulator_ext.py's additions (wait conditions, Secrets Manager secrets in stacks).
 #
 #   deploy/local/emulator.sh start       start it in the background (or reuse it), bootstrap it,
 #                                        and print the endpoint URL as the last line
@@ -53,14 +54,14 @@ alive() {
     [[ "$state" != Z* ]]
 }
 
-# The pid in the pid file, if that process is alive and is a moto_server (not a reused pid).
+# The pid in the pid file, if that process is alive and is the emulator (not a reused pid).
 live_pid() {
     local pid
     [[ -f "$PID_FILE" ]] || return 1
     pid=$(<"$PID_FILE")
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     alive "$pid" || return 1
-    [[ "$(ps -o args= -p "$pid" 2>/dev/null)" == *moto_server* ]] || return 1
+    [[ "$(ps -o args= -p "$pid" 2>/dev/null)" == *emulator_ext.py* ]] || return 1
     echo "$pid"
 }
 
@@ -97,16 +98,19 @@ start() {
     fi
     forget
 
-    [[ -x "$VENV/bin/moto_server" ]] || die "no moto_server in $VENV (set VENV, or install deploy/local/requirements.txt into it)"
+    [[ -x "$VENV/bin/python" ]] || die "no Python in $VENV (set VENV, or create it with deploy/local/requirements.txt)"
     command -v curl >/dev/null || die "curl is needed to check that the emulator answers"
     if answers "$endpoint"; then
         die "something not started by this script already answers at $endpoint; choose another FLIGHTDECK_EMULATOR_PORT"
     fi
 
     mkdir -p "$RUN_DIR"
-    echo "emulator: starting moto_server on $endpoint (log: $LOG_FILE)"
+    echo "emulator: starting moto (deploy/local/emulator_ext.py) on $endpoint (log: $LOG_FILE)"
     : >"$LOG_FILE"
-    nohup "$VENV/bin/moto_server" -H "$HOST" -p "$PORT" >>"$LOG_FILE" 2>&1 </dev/null &
+    # No instance boots here to signal a wait condition: they complete at once. The local
+    # test box (make cluster-test) starts its own emulator with real signals.
+    FLIGHTDECK_EMULATOR_WAIT_CONDITIONS="${FLIGHTDECK_EMULATOR_WAIT_CONDITIONS:-complete}" \
+        nohup "$VENV/bin/python" deploy/local/emulator_ext.py -H "$HOST" -p "$PORT" >>"$LOG_FILE" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$PID_FILE"
     echo "$endpoint" >"$ENDPOINT_FILE"
@@ -115,13 +119,13 @@ start() {
         if ! alive "$pid"; then
             forget
             tail -n 20 "$LOG_FILE" >&2 || true
-            die "moto_server exited during start-up (last lines of $LOG_FILE above)"
+            die "the emulator exited during start-up (last lines of $LOG_FILE above)"
         fi
         if ((waited >= START_TIMEOUT * 4)); then
             kill "$pid" 2>/dev/null || true
             forget
             tail -n 20 "$LOG_FILE" >&2 || true
-            die "moto_server did not answer at $endpoint/moto-api/ within ${START_TIMEOUT}s (last lines of $LOG_FILE above)"
+            die "the emulator did not answer at $endpoint/moto-api/ within ${START_TIMEOUT}s (last lines of $LOG_FILE above)"
         fi
         sleep 0.25
         waited=$((waited + 1))

@@ -1,6 +1,6 @@
 //! Integration tests of flightdeck against the local AWS emulator (moto).
 //!
-//! [`Emulator::shared`] starts one `moto_server` per test binary, the first time a test
+//! [`Emulator::shared`] starts one emulator (moto with `deploy/local/emulator_ext.py`) per test binary, the first time a test
 //! asks for it, and every test of that binary shares it. Tests never reset it: they make
 //! their own buckets and stacks under [`unique`] names, so they can run in parallel.
 //!
@@ -39,9 +39,11 @@ pub const REGION: &str = "eu-west-2";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs the server in the background, waits for standard input to close, then stops the
-/// server and removes its log. `$0` is the moto_server program, `$1` the port, `$2` the log.
+/// server and removes its log. `$0` is the venv's Python, `$1` the port, `$2` the log, `$3`
+/// the emulator (moto with the project's extension, `deploy/local/emulator_ext.py`). No
+/// instance boots in these tests, so wait conditions complete as soon as they are created.
 const WRAPPER: &str = r#"
-"$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 &
+FLIGHTDECK_EMULATOR_WAIT_CONDITIONS=complete "$0" "$3" -H 127.0.0.1 -p "$1" >"$2" 2>&1 &
 server=$!
 read -r _ || true
 kill "$server" 2>/dev/null
@@ -118,7 +120,7 @@ impl Emulator {
     }
 
     fn start() -> Emulator {
-        let program = moto_server();
+        let program = venv_python();
         let mut last_failure = String::new();
         // A port found free may be taken before moto binds it; try a few.
         for _ in 0..3 {
@@ -131,6 +133,7 @@ impl Emulator {
                 .arg(&program)
                 .arg(port.to_string())
                 .arg(&log)
+                .arg(workspace_root().join("deploy/local/emulator_ext.py"))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -155,7 +158,7 @@ impl Emulator {
             }
         }
         panic!(
-            "moto_server ({}) did not start: {last_failure}",
+            "the emulator ({}) did not start: {last_failure}",
             program.display()
         );
     }
@@ -180,17 +183,17 @@ fn workspace_root() -> &'static Path {
         .expect("the tests crate is in the workspace")
 }
 
-/// The moto_server program of the test virtualenv.
+/// The Python of the test virtualenv, which has moto.
 ///
 /// # Panics
-/// When it is missing: the tests need it and must not pass without it.
-fn moto_server() -> PathBuf {
+/// When moto is missing: the tests need it and must not pass without it.
+fn venv_python() -> PathBuf {
     let venv = std::env::var_os("FLIGHTDECK_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".venv"));
-    let program = venv.join("bin").join("moto_server");
+    let program = venv.join("bin").join("python");
     assert!(
-        program.is_file(),
+        venv.join("bin").join("moto_server").is_file(),
         "{} not found: these tests need the local AWS emulator. Run `make test` (or \
          `make venv` first), or set FLIGHTDECK_VENV to a virtualenv with moto[server] installed.",
         program.display()
