@@ -31,6 +31,8 @@ It adds, in moto's own process:
 - Debian's public image parameter /aws/service/debian/release/12/latest/amd64 (the template's
   default ImageId; moto resolves every SSM-typed parameter's default, and reserves /aws/
   names), as moto already has Amazon Linux's.
+- AWS::EC2::Instance's SecurityGroupIds (moto reads only SecurityGroups and puts the
+  instance in the VPC's default group), so security groups can be enforced in the test box.
 - Public addresses (Elastic IPs, instances' public IPs) from 198.18.0.0/15, the range set
   aside for network tests, instead of moto's 127.x.y.z (this machine's loopback) and
   54.214.x.y (real AWS addresses): the test box assigns them to its own hosts.
@@ -71,6 +73,7 @@ from moto.s3.models import s3_backends
 from moto.secretsmanager.models import secretsmanager_backends
 from moto.utilities.utils import get_partition
 from moto.ec2.models import elastic_ip_addresses, elastic_network_interfaces
+from moto.ec2.models import instances as ec2_instances
 from moto.ssm import models as ssm_models
 
 WAIT_MODE = os.environ.get("FLIGHTDECK_EMULATOR_WAIT_CONDITIONS", "signal")
@@ -442,6 +445,21 @@ def test_range_address(second_octet: int) -> Any:
     return lambda: f"198.{second_octet}.{random.randint(0, 255)}.{random.randint(1, 254)}"
 
 
+def with_security_group_ids(create: Any) -> Any:
+    """Wraps Instance.create_from_cloudformation_json: SecurityGroupIds count as SecurityGroups."""
+
+    def created(cls: Any, resource_name: str, cloudformation_json: Any, *args: Any,
+                **kwargs: Any) -> Any:
+        properties = cloudformation_json.get("Properties", {})
+        if properties.get("SecurityGroupIds"):
+            groups = list(properties.get("SecurityGroups", [])) + list(properties["SecurityGroupIds"])
+            cloudformation_json = {**cloudformation_json,
+                                   "Properties": {**properties, "SecurityGroups": groups}}
+        return create.__func__(cls, resource_name, cloudformation_json, *args, **kwargs)
+
+    return classmethod(created)
+
+
 def install() -> None:
     """Register the resource types and patch moto's CloudFormation; call once."""
     for resource_type in (WAIT_CONDITION, WAIT_CONDITION_HANDLE):
@@ -457,6 +475,8 @@ def install() -> None:
         lambda self: None if self.status in NO_OUTPUTS else _moto_outputs(self))
     ssm_models.ParameterDict._check_loading_status = with_public_images(  # type: ignore
         ssm_models.ParameterDict._check_loading_status)
+    ec2_instances.Instance.create_from_cloudformation_json = with_security_group_ids(  # type: ignore
+        ec2_instances.Instance.create_from_cloudformation_json)
     elastic_ip_addresses.random_ip = test_range_address(18)  # type: ignore[attr-defined]
     elastic_network_interfaces.random_public_ip = test_range_address(19)  # type: ignore
 

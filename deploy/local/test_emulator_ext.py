@@ -415,6 +415,20 @@ class EmulatorExtensionTest(unittest.TestCase):
         image = self.ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["ImageId"]
         self.assertEqual(image, value)
 
+    def test_a_stack_instance_is_in_its_security_group_ids(self):
+        vpc = self.ec2.describe_subnets(SubnetIds=[self.subnet])["Subnets"][0]["VpcId"]
+        body = json.dumps({"Resources": {
+            "Group": {"Type": "AWS::EC2::SecurityGroup",
+                      "Properties": {"GroupDescription": "members", "VpcId": vpc}},
+            "Node": {"Type": "AWS::EC2::Instance", "Properties": {
+                "ImageId": IMAGE, "InstanceType": "t3.micro", "SubnetId": self.subnet,
+                "SecurityGroupIds": [{"Ref": "Group"}]}}}})
+        stack_id = self.create(body)
+        group = self.physical_id(stack_id, "Group")
+        instance = self.ec2.describe_instances(InstanceIds=[self.physical_id(stack_id, "Node")])
+        interface = instance["Reservations"][0]["Instances"][0]["NetworkInterfaces"][0]
+        self.assertEqual([g["GroupId"] for g in interface["Groups"]], [group])
+
     def test_public_addresses_come_from_the_network_test_range(self):
         address = self.ec2.allocate_address(Domain="vpc")["PublicIp"]
         instance = self.ec2.run_instances(
