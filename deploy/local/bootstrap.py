@@ -11,7 +11,8 @@ Creates, or finds and reuses, everything a demo or an integration test needs:
   (customizer/<user>/configure.d/ = default's files + authorized_keys); carol is not enrolled;
 - a VPC 10.0.0.0/16 with subnet 10.0.1.0/24, an internet gateway and a default route,
   found again on later runs by their Name tags;
-- SSM String parameters /flightdeck/network/vpc-id and /flightdeck/network/subnet-id;
+- SSM String parameters /flightdeck/network/vpc-id, /flightdeck/network/subnet-id and
+  /flightdeck/local/image-id (the image of the clusters' nodes);
 - an SESv2 email identity for example.org, so flightdeck@example.org can send.
 
 Safe to run any number of times: it prints one line per thing, saying whether it was
@@ -43,6 +44,11 @@ SUBNET_CIDR = "10.0.1.0/24"
 SUBNET_AZ = f"{REGION}a"
 VPC_PARAMETER = "/flightdeck/network/vpc-id"
 SUBNET_PARAMETER = "/flightdeck/network/subnet-id"
+# The template's default image parameter is Debian's public one under /aws/service/, a name
+# the emulator reserves; deploy/local/flightdeck.toml points ImageId here instead. The
+# emulator validates no AMI: this id only has to look like one.
+IMAGE_PARAMETER = "/flightdeck/local/image-id"
+IMAGE_ID = "ami-0d5eff06f840b45e9"
 SENDER_DOMAIN = "example.org"
 
 REPO = Path(__file__).resolve().parents[2]
@@ -287,6 +293,7 @@ def main(argv: list[str]) -> int:
     vpc_id, subnet_id = ensure_network(ec2)
     put_parameter(ssm, VPC_PARAMETER, vpc_id)
     put_parameter(ssm, SUBNET_PARAMETER, subnet_id)
+    put_parameter(ssm, IMAGE_PARAMETER, IMAGE_ID)
     ensure_email_identity(sesv2, SENDER_DOMAIN)
     return 0
 
