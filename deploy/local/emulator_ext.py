@@ -171,9 +171,18 @@ def read_signals(url: str) -> list[tuple[datetime.datetime, dict[str, Any]]]:
     return sorted(signals, key=lambda signal: signal[0])
 
 
+_signal_bucket_lock = threading.Lock()
+
+
 def ensure_signal_bucket(bucket: str, account_id: str, region: str) -> None:
-    if bucket in s3_backends.bucket_accounts:
-        return
+    # The server handles requests on several threads: two stacks created at once must not
+    # both create the bucket (the second would fail with BucketAlreadyExists).
+    with _signal_bucket_lock:
+        if bucket not in s3_backends.bucket_accounts:
+            create_signal_bucket(bucket, account_id, region)
+
+
+def create_signal_bucket(bucket: str, account_id: str, region: str) -> None:
     s3 = s3_backends[account_id][get_partition(region)]
     s3.create_bucket(bucket, region)
     s3.put_bucket_versioning(bucket, "Enabled")  # keep every signal, not only the last
