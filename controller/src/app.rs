@@ -18,7 +18,7 @@ use crate::config::Settings;
 use crate::http::{Endpoint, Health, serve};
 use crate::instrument::Instrumented;
 use crate::metrics::Metrics;
-use crate::ports::{ErrorKind, InstanceLookup, Mailer, ObjectStore, StackService};
+use crate::ports::{ErrorKind, Instances, Mailer, ObjectStore, StackService};
 use crate::queue::WorkQueue;
 use crate::reconcile::{Cloud, Reconciler};
 use crate::run::run;
@@ -84,7 +84,7 @@ pub async fn checked<S, C, E, M>(
 where
     S: ObjectStore,
     C: StackService,
-    E: InstanceLookup,
+    E: Instances,
     M: Mailer,
 {
     if let Err(e) = cloud.store.any_under(&settings.home_prefix).await {

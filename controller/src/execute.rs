@@ -2,15 +2,17 @@
 //!
 //! It decides nothing the planner decides. What it adds is what only a call can tell:
 //! CloudFormation refusing a request (reported to the user like any refusal), a stack name
-//! already taken by a stack that is not ours (reported, never touched), and a last check of
-//! a stack's tags before it is deleted.
+//! already taken by a stack that is not ours (reported, never touched), a last check of a
+//! stack's tags before it is deleted, and the cluster's instances that are not stack
+//! resources (compute nodes its scheduler launched), terminated before DeleteStack.
 
 use flightdeck_core::key::ClusterKey;
+use flightdeck_core::nodes::{Teardown, plan_teardown};
 use flightdeck_core::plan::{Action, StackSpec};
 use tracing::{error, info, warn};
 
 use crate::ports::{
-    CallError, ErrorKind, InstanceLookup, Mailer, ObjectStore, StackService, UpdateOutcome,
+    CallError, ErrorKind, Instances, Mailer, ObjectStore, StackService, UpdateOutcome,
 };
 use crate::reconcile::{KeyOutcome, Reconciler};
 
@@ -20,13 +22,16 @@ enum Flow {
     Go,
     /// A call showed the plan was made on a wrong premise: stop and look again soon.
     Replan,
+    /// The action must wait for something in progress (the cluster's instances shutting
+    /// down): it was not done; the rest of the plan still holds; look again soon.
+    Later,
 }
 
 impl<S, C, E, M> Reconciler<S, C, E, M>
 where
     S: ObjectStore,
     C: StackService,
-    E: InstanceLookup,
+    E: Instances,
     M: Mailer,
 {
     /// Runs `actions` for `key` in order; the first error stops the rest (they are planned
@@ -45,7 +50,7 @@ where
                     name,
                     id,
                     token,
-                } => self.delete(owner, name, id, token).await.map(|()| Flow::Go),
+                } => self.delete(owner, name, id, token).await,
                 Action::Notify(notice) => {
                     self.deliver(notice).await;
                     continue;
@@ -60,12 +65,16 @@ where
             | Action::UpdateStack(StackSpec { name, .. })
             | Action::DeleteStack { name, .. } = action
             {
-                let (outcome, message) = match &result {
-                    Ok(Flow::Go) => ("ok", name.clone()),
-                    Ok(Flow::Replan) => ("refused", name.clone()),
-                    Err(e) => ("error", e.to_string()),
+                let audited = match &result {
+                    Ok(Flow::Go) => Some(("ok", name.clone())),
+                    Ok(Flow::Replan) => Some(("refused", name.clone())),
+                    // Not done yet: what was done instead (terminate_nodes) is audited.
+                    Ok(Flow::Later) => None,
+                    Err(e) => Some(("error", e.to_string())),
                 };
-                self.audit(key, kind, outcome, &message);
+                if let Some((outcome, message)) = audited {
+                    self.audit(key, kind, outcome, &message);
+                }
             }
             match result {
                 Ok(Flow::Go) => {
@@ -73,6 +82,7 @@ where
                         self.metrics.action(kind, "ok");
                     }
                 }
+                Ok(Flow::Later) => outcome.soon = true,
                 Ok(Flow::Replan) => {
                     // The request was refused by a call: the rest of this plan assumed it was
                     // not. The next look plans again and reports the refusal.
@@ -187,27 +197,63 @@ where
     }
 
     /// Deletes by id after checking, once more, that the stack carries our owner tag and
-    /// this user's tags. A stack that is not ours is never deleted.
+    /// this user's tags. A stack that is not ours is never deleted, and its instances are
+    /// never touched. Before DeleteStack, every instance tagged with the stack's name is
+    /// terminated; while any is alive, the stack is left for a later look ([`Flow::Later`]).
     async fn delete(
         &self,
         key: &ClusterKey,
         name: &str,
         id: &str,
         token: &str,
-    ) -> Result<(), CallError> {
+    ) -> Result<Flow, CallError> {
         let current = self.cloud.stacks.describe(id).await?;
         let Some(stack) = current else {
             info!(stack = %name, "stack already gone");
-            return Ok(());
+            return Ok(Flow::Go);
         };
         if self.settings.identity.owned_key(&stack.tags).as_ref() != Some(key) {
             error!(stack = %name, user = %key.user, cluster = %key.cluster, "refusing to delete: the stack's tags do not name this user and this controller");
-            return Ok(());
+            return Ok(Flow::Go);
+        }
+        if !self.instances_gone(key, &stack.name).await? {
+            return Ok(Flow::Later);
         }
         self.cloud.stacks.delete(id, token).await?;
         self.lock_usage().remove(key);
         info!(user = %key.user, cluster = %key.cluster, stack = %name, "stack delete started");
-        Ok(())
+        Ok(Flow::Go)
+    }
+
+    /// Whether no instance of stack `name` is alive; if some are, terminates those not
+    /// already shutting down. Compute nodes the cluster's scheduler launched are not stack
+    /// resources: DeleteStack would leave them running (and fail on the security group).
+    async fn instances_gone(&self, key: &ClusterKey, name: &str) -> Result<bool, CallError> {
+        let found = self.cloud.instances.stack_instances(name).await?;
+        match plan_teardown(&found) {
+            Teardown::DeleteStack => Ok(true),
+            Teardown::Wait { shutting_down } => {
+                info!(user = %key.user, cluster = %key.cluster, stack = %name, count = shutting_down, "waiting for the cluster's instances to terminate before deleting the stack");
+                Ok(false)
+            }
+            Teardown::Terminate { ids } => {
+                let result = self.cloud.instances.terminate(&ids).await;
+                let message = format!("{name}: {}", ids.join(" "));
+                match &result {
+                    Ok(()) => {
+                        info!(user = %key.user, cluster = %key.cluster, stack = %name, count = ids.len(), "terminating the cluster's instances before deleting the stack");
+                        self.metrics.action(TERMINATE_NODES, "ok");
+                        self.audit(key, TERMINATE_NODES, "ok", &message);
+                    }
+                    Err(e) => {
+                        warn!(user = %key.user, cluster = %key.cluster, stack = %name, count = ids.len(), error = %e, "could not terminate the cluster's instances; the stack is not deleted");
+                        self.metrics.action(TERMINATE_NODES, "error");
+                        self.audit(key, TERMINATE_NODES, "error", &format!("{message}: {e}"));
+                    }
+                }
+                result.map(|()| false)
+            }
+        }
     }
 
     /// Audits an action on a user's request file.
@@ -228,6 +274,9 @@ where
         Flow::Replan
     }
 }
+
+/// The metric and ledger label of terminating a cluster's instances before its delete.
+pub(crate) const TERMINATE_NODES: &str = "terminate_nodes";
 
 /// The metric label of an action.
 fn action_label(action: &Action) -> &'static str {

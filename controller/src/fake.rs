@@ -8,13 +8,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use flightdeck_core::identity::hex_md5;
+use flightdeck_core::nodes::{Instance, InstanceState};
 use flightdeck_core::plan::StackSpec;
 use flightdeck_core::request::ParameterRule;
 use flightdeck_core::snapshot::ObjectMeta;
 use flightdeck_core::stack::StackView;
 
 use crate::ports::{
-    CallError, ErrorKind, Fetched, InstanceLookup, Mailer, ObjectStore, StackService, Template,
+    CallError, ErrorKind, Fetched, Instances, Mailer, ObjectStore, StackService, Template,
     UpdateOutcome,
 };
 
@@ -363,20 +364,102 @@ impl StackService for FakeStacks {
     }
 }
 
-/// EC2 with no instances, unless one is set.
+/// EC2 with no instances unless some are set: the address every login lookup answers, and
+/// each stack's instances (by the stack name in their tag). Terminating an instance leaves
+/// it shutting down until [`FakeInstances::settle`], as EC2 does for a while.
 #[derive(Default)]
 pub struct FakeInstances {
     /// The address every lookup answers.
     pub ip: Mutex<Option<String>>,
+    /// Instances by the stack name they are tagged with.
+    nodes: Mutex<BTreeMap<String, Vec<Instance>>>,
+    calls: Mutex<Vec<String>>,
+    faults: Faults,
 }
 
-impl InstanceLookup for FakeInstances {
+impl FakeInstances {
+    /// Launches running instances tagged with `stack`, as the cluster's scheduler would.
+    pub fn launch(&self, stack: &str, ids: &[&str]) {
+        lock(&self.nodes)
+            .entry(stack.to_owned())
+            .or_default()
+            .extend(ids.iter().map(|id| Instance {
+                id: (*id).to_owned(),
+                state: InstanceState::Running,
+            }));
+    }
+
+    /// Ends every instance that is shutting down.
+    pub fn settle(&self) {
+        for instance in lock(&self.nodes).values_mut().flatten() {
+            if instance.state == InstanceState::ShuttingDown {
+                instance.state = InstanceState::Terminated;
+            }
+        }
+    }
+
+    /// An instance's state, if it was ever launched.
+    pub fn state(&self, id: &str) -> Option<InstanceState> {
+        lock(&self.nodes)
+            .values()
+            .flatten()
+            .find(|i| i.id == id)
+            .map(|i| i.state)
+    }
+
+    /// Every call made, as `Operation argument`.
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
+    /// The TerminateInstances calls made, as `TerminateInstances id id …`.
+    pub fn terminations(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.starts_with("TerminateInstances"))
+            .collect()
+    }
+
+    /// Makes the next `times` calls of `operation` fail with `kind`.
+    pub fn fail(&self, operation: &'static str, kind: ErrorKind, times: u32) {
+        lock(&self.faults.0).insert(operation, (kind, times));
+    }
+
+    fn record(&self, operation: &'static str, argument: &str) -> Result<(), CallError> {
+        lock(&self.calls).push(format!("{operation} {argument}"));
+        self.faults.check("ec2", operation)
+    }
+}
+
+impl Instances for FakeInstances {
     async fn login_ip(
         &self,
-        _stack_id: &str,
+        stack_id: &str,
         _logical_id: &str,
     ) -> Result<Option<String>, CallError> {
+        self.record("DescribeInstances", stack_id)?;
         Ok(lock(&self.ip).clone())
+    }
+
+    async fn stack_instances(&self, stack_name: &str) -> Result<Vec<Instance>, CallError> {
+        self.record("DescribeInstances", stack_name)?;
+        Ok(lock(&self.nodes)
+            .get(stack_name)
+            .into_iter()
+            .flatten()
+            .filter(|i| i.state != InstanceState::Terminated)
+            .cloned()
+            .collect())
+    }
+
+    async fn terminate(&self, ids: &[String]) -> Result<(), CallError> {
+        self.record("TerminateInstances", &ids.join(" "))?;
+        for instance in lock(&self.nodes).values_mut().flatten() {
+            if ids.contains(&instance.id) && instance.state != InstanceState::Terminated {
+                instance.state = InstanceState::ShuttingDown;
+            }
+        }
+        Ok(())
     }
 }
 

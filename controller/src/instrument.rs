@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
+use flightdeck_core::nodes::Instance;
 use flightdeck_core::plan::StackSpec;
 use flightdeck_core::request::ParameterRule;
 use flightdeck_core::snapshot::ObjectMeta;
@@ -12,7 +13,7 @@ use flightdeck_core::stack::StackView;
 
 use crate::metrics::Metrics;
 use crate::ports::{
-    CallError, Fetched, InstanceLookup, Mailer, ObjectStore, StackService, Template, UpdateOutcome,
+    CallError, Fetched, Instances, Mailer, ObjectStore, StackService, Template, UpdateOutcome,
 };
 
 /// An adapter whose calls are counted.
@@ -133,7 +134,7 @@ impl<T: StackService> StackService for Instrumented<T> {
     }
 }
 
-impl<T: InstanceLookup> InstanceLookup for Instrumented<T> {
+impl<T: Instances> Instances for Instrumented<T> {
     async fn login_ip(
         &self,
         stack_id: &str,
@@ -145,6 +146,18 @@ impl<T: InstanceLookup> InstanceLookup for Instrumented<T> {
             self.inner.login_ip(stack_id, logical_id),
         )
         .await
+    }
+    async fn stack_instances(&self, stack_name: &str) -> Result<Vec<Instance>, CallError> {
+        self.call(
+            "ec2",
+            "DescribeInstances",
+            self.inner.stack_instances(stack_name),
+        )
+        .await
+    }
+    async fn terminate(&self, ids: &[String]) -> Result<(), CallError> {
+        self.call("ec2", "TerminateInstances", self.inner.terminate(ids))
+            .await
     }
 }
 

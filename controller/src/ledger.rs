@@ -11,14 +11,14 @@ use flightdeck_core::report::rfc3339;
 use serde_json::json;
 use tracing::warn;
 
-use crate::ports::{InstanceLookup, Mailer, ObjectStore, StackService};
+use crate::ports::{Instances, Mailer, ObjectStore, StackService};
 use crate::reconcile::Reconciler;
 
 impl<S, C, E, M> Reconciler<S, C, E, M>
 where
     S: ObjectStore,
     C: StackService,
-    E: InstanceLookup,
+    E: Instances,
     M: Mailer,
 {
     /// Adds a line: what was done (or refused) to which cluster, and how it went.

@@ -294,6 +294,10 @@ impl Metrics {
                 m.actions.with_label_values(&[action, outcome]);
             }
         }
+        for outcome in ["ok", "error"] {
+            m.actions
+                .with_label_values(&[crate::execute::TERMINATE_NODES, outcome]);
+        }
         for outcome in HINT_OUTCOMES {
             m.hints.with_label_values(&[outcome]);
         }

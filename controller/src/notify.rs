@@ -15,7 +15,7 @@ use flightdeck_core::report::notice_email;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::ports::{CallError, InstanceLookup, Mailer, ObjectStore, StackService};
+use crate::ports::{CallError, Instances, Mailer, ObjectStore, StackService};
 use crate::reconcile::Reconciler;
 
 fn event_label(event: NoticeEvent) -> &'static str {
@@ -41,7 +41,7 @@ impl<S, C, E, M> Reconciler<S, C, E, M>
 where
     S: ObjectStore,
     C: StackService,
-    E: InstanceLookup,
+    E: Instances,
     M: Mailer,
 {
     fn outbox_prefix(&self) -> String {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 
+use flightdeck_core::nodes::Instance;
 use flightdeck_core::plan::StackSpec;
 use flightdeck_core::request::ParameterRule;
 use flightdeck_core::snapshot::ObjectMeta;
@@ -159,8 +160,19 @@ pub trait StackService: Send + Sync {
     ) -> impl Future<Output = Result<BTreeMap<String, ParameterRule>, CallError>> + Send;
 }
 
-/// EC2, for the login address when the template has no login output.
-pub trait InstanceLookup: Send + Sync {
+/// EC2: a cluster's instances. The login address when the template has no login output,
+/// and the instances to terminate before a stack is deleted: the master and the compute
+/// nodes its scheduler launched itself, which are not stack resources.
+///
+/// Contract: `stack_instances` returns every instance tagged
+/// [`TAG_STACK`](flightdeck_core::nodes::TAG_STACK)` = <stack name>` that is not terminated,
+/// across all pages, or an error (never a partial list presented as complete). `terminate`
+/// may be repeated safely: an instance already shutting down or terminated is not an error,
+/// and neither is an id EC2 does not know (any more): the caller lists again before it
+/// deletes the stack, so an instance that was missed is found on the next look. An empty
+/// list makes no call. Only ids listed by `stack_instances` of a stack the caller owns are
+/// passed; the IAM policy allows terminating only instances that carry the tag.
+pub trait Instances: Send + Sync {
     /// The public address of the running (or pending) instance that CloudFormation tagged
     /// with this stack id and logical id; `None` when there is none.
     fn login_ip(
@@ -168,6 +180,14 @@ pub trait InstanceLookup: Send + Sync {
         stack_id: &str,
         logical_id: &str,
     ) -> impl Future<Output = Result<Option<String>, CallError>> + Send;
+    /// Every instance of the stack named `stack_name` that is not terminated
+    /// (DescribeInstances by tag and state, all pages).
+    fn stack_instances(
+        &self,
+        stack_name: &str,
+    ) -> impl Future<Output = Result<Vec<Instance>, CallError>> + Send;
+    /// Asks EC2 to terminate these instances (TerminateInstances); returns without waiting.
+    fn terminate(&self, ids: &[String]) -> impl Future<Output = Result<(), CallError>> + Send;
 }
 
 /// Email (SESv2).

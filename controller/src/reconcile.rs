@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::config::Settings;
 use crate::metrics::{Metrics, PassSummary, phase_label};
-use crate::ports::{CallError, InstanceLookup, Mailer, ObjectStore, StackService};
+use crate::ports::{CallError, Instances, Mailer, ObjectStore, StackService};
 use crate::queue::WorkQueue;
 use crate::usage::UsageBook;
 
@@ -33,7 +33,7 @@ pub struct Cloud<S, C, E, M> {
     pub customizer: S,
     /// CloudFormation.
     pub stacks: C,
-    /// EC2 (login address fallback).
+    /// EC2 (login address fallback; the cluster's instances, terminated before a delete).
     pub instances: E,
     /// Email, when notifications are enabled.
     pub mailer: Option<M>,
@@ -109,7 +109,7 @@ impl<S, C, E, M> Reconciler<S, C, E, M>
 where
     S: ObjectStore,
     C: StackService,
-    E: InstanceLookup,
+    E: Instances,
     M: Mailer,
 {
     /// A reconciler over `cloud` with validated settings and the template's rules.

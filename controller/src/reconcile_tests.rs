@@ -584,3 +584,174 @@ async fn every_stack_action_and_refusal_lands_in_the_ledger_which_is_never_rewri
     assert!(rec.cloud().store.put_new(first, "x").await.is_err());
     assert_eq!(text(&rec, first), before);
 }
+
+fn deletes(rec: &Rec) -> Vec<String> {
+    rec.cloud()
+        .stacks
+        .mutations()
+        .into_iter()
+        .filter(|m| m.starts_with("DeleteStack"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_delete_terminates_the_clusters_nodes_first_and_deletes_the_stack_only_once_none_is_alive()
+ {
+    let rec = rec();
+    let key = ClusterKey::new("alice", "x").unwrap();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    rec.cloud()
+        .instances
+        .launch("fd-alice-x", &["i-node2", "i-node1"]);
+    rec.cloud().instances.launch("fd-bob-y", &["i-bob"]);
+    rec.cloud().store.insert("home/alice/x.cf-delete", "");
+
+    let report = rec.resync(false, None).await.unwrap();
+    assert_eq!(
+        rec.cloud().instances.terminations(),
+        ["TerminateInstances i-node1 i-node2"]
+    );
+    assert!(
+        deletes(&rec).is_empty(),
+        "no DeleteStack while a node is alive"
+    );
+    let outcome = &report.outcomes[&key];
+    assert!(outcome.soon && outcome.error.is_none(), "{outcome:?}");
+    assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Deleting");
+    assert!(text(&rec, "home/alice/x.cf-status").contains("deleting the cluster"));
+
+    // Still shutting down: nothing more to ask, and still no DeleteStack.
+    let outcome = rec.reconcile_key(&key).await;
+    assert!(outcome.soon && outcome.error.is_none(), "{outcome:?}");
+    assert_eq!(rec.cloud().instances.terminations().len(), 1);
+    assert!(
+        deletes(&rec).is_empty(),
+        "no DeleteStack while a node is alive"
+    );
+
+    rec.cloud().instances.settle();
+    rec.reconcile_key(&key).await;
+    assert_eq!(deletes(&rec).len(), 1, "{:?}", rec.cloud().stacks.calls());
+    rec.resync(false, None).await.unwrap();
+    assert!(rec.cloud().stacks.names().is_empty());
+    assert!(text(&rec, "home/alice/x.cf-deleted").contains("deleted"));
+    assert_eq!(
+        rec.cloud().instances.state("i-bob"),
+        Some(flightdeck_core::nodes::InstanceState::Running),
+        "another cluster's node is left alone"
+    );
+
+    let metrics = rec.metrics().render();
+    assert!(
+        metrics.contains("flightdeck_actions_total{action=\"terminate_nodes\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+    let ledger: String = rec
+        .cloud()
+        .store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("flightdeck/ledger/"))
+        .map(|k| text(&rec, &k))
+        .collect();
+    assert_eq!(
+        ledger.matches("\"action\":\"terminate_nodes\"").count(),
+        1,
+        "{ledger}"
+    );
+    assert_eq!(
+        ledger.matches("\"action\":\"delete_stack\"").count(),
+        1,
+        "the delete is audited once, when it is made: {ledger}"
+    );
+}
+
+#[tokio::test]
+async fn an_orphans_nodes_are_terminated_before_its_stack_is_deleted() {
+    let rec = rec_with(settings(Duration::from_secs(1), 5));
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    rec.cloud().instances.launch("fd-alice-x", &["i-1"]);
+    rec.cloud().store.remove("home/alice/x.cf-create");
+    rec.resync(false, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    rec.resync(false, None).await.unwrap();
+    assert_eq!(
+        rec.cloud().instances.terminations(),
+        ["TerminateInstances i-1"]
+    );
+    assert!(deletes(&rec).is_empty());
+    rec.cloud().instances.settle();
+    rec.resync(false, None).await.unwrap();
+    assert_eq!(deletes(&rec).len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_terminate_stops_the_delete_and_is_tried_again() {
+    let rec = rec();
+    let key = ClusterKey::new("alice", "x").unwrap();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    rec.cloud().instances.launch("fd-alice-x", &["i-1"]);
+    rec.cloud()
+        .instances
+        .fail("TerminateInstances", ErrorKind::Throttled, 1);
+    rec.cloud().store.insert("home/alice/x.cf-delete", "");
+    let report = rec.resync(false, None).await.unwrap();
+    assert!(report.outcomes[&key].error.is_some());
+    assert!(deletes(&rec).is_empty());
+
+    rec.reconcile_key(&key).await;
+    assert_eq!(rec.cloud().instances.terminations().len(), 2);
+    assert!(deletes(&rec).is_empty(), "i-1 is still shutting down");
+    assert!(
+        rec.metrics()
+            .render()
+            .contains("flightdeck_actions_total{action=\"terminate_nodes\",outcome=\"error\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn no_instance_of_a_stack_that_is_not_ours_is_looked_up_or_terminated() {
+    // Another user's stack, named in this user's plan.
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    rec.cloud().instances.launch("fd-alice-x", &["i-alice"]);
+    let stack = rec.cloud().stacks.get("fd-alice-x").unwrap();
+    let bob = ClusterKey::new("bob", "x").unwrap();
+    let action = flightdeck_core::plan::Action::DeleteStack {
+        key: bob.clone(),
+        name: stack.name.clone(),
+        id: stack.id.clone(),
+        token: "t".into(),
+    };
+    let outcome = rec.execute(&bob, vec![action]).await;
+    assert!(outcome.error.is_none());
+
+    // Another install's stack, with a .cf-delete.
+    let other = ClusterKey::new("alice", "y").unwrap();
+    let mut tags = Identity::new("fd", "site-b").unwrap().tags(&other, "h");
+    tags.insert(TAG_OWNER.into(), "site-b".into());
+    rec.cloud().stacks.insert(StackView {
+        name: "fd-alice-y".into(),
+        id: "arn:other".into(),
+        status: "CREATE_COMPLETE".into(),
+        tags,
+        ..StackView::default()
+    });
+    rec.cloud().instances.launch("fd-alice-y", &["i-other"]);
+    rec.cloud().store.insert("home/alice/y.cf-delete", "");
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+
+    let calls = rec.cloud().instances.calls();
+    assert!(
+        !calls.iter().any(|c| c.starts_with("TerminateInstances")
+            || c == "DescribeInstances fd-alice-x"
+            || c == "DescribeInstances fd-alice-y"),
+        "{calls:?}"
+    );
+    assert!(deletes(&rec).is_empty());
+}

@@ -9,7 +9,7 @@ use flightdeck_core::key::ClusterKey;
 use tracing::info;
 
 use crate::http::Health;
-use crate::ports::{CallError, InstanceLookup, Mailer, ObjectStore, StackService};
+use crate::ports::{CallError, Instances, Mailer, ObjectStore, StackService};
 use crate::queue::WorkQueue;
 use crate::reconcile::{KeyOutcome, PassReport, Reconciler};
 
@@ -48,7 +48,7 @@ pub async fn run<S, C, E, M>(
 where
     S: ObjectStore + 'static,
     C: StackService + 'static,
-    E: InstanceLookup + 'static,
+    E: Instances + 'static,
     M: Mailer + 'static,
 {
     let settings = rec.settings();

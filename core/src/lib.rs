@@ -11,6 +11,7 @@
 //! - [`admission`]: whether a request may run: values, limits, lifetimes.
 //! - [`hint`]: S3 event notifications, reduced to the clusters they name.
 //! - [`money`]: exact dollar amounts.
+//! - [`nodes`]: a cluster's instances, terminated before its stack is deleted.
 //! - [`policy`]: the admission policy (limits.toml): parameters, prices, limits.
 //! - [`plan`]: the reconcile table, `plan(observed) -> actions`.
 
@@ -19,6 +20,7 @@ pub mod hint;
 pub mod identity;
 pub mod key;
 pub mod money;
+pub mod nodes;
 pub mod orphan;
 pub mod plan;
 pub mod policy;

@@ -12,9 +12,10 @@ use flightdeck::aws::ec2::Ec2;
 use flightdeck::aws::s3::S3Store;
 use flightdeck::aws::ses::Ses;
 use flightdeck::ports::{
-    ErrorKind, InstanceLookup, Mailer, ObjectStore, StackService, Template, UpdateOutcome,
+    ErrorKind, Instances, Mailer, ObjectStore, StackService, Template, UpdateOutcome,
 };
 use flightdeck_core::identity::hex_md5;
+use flightdeck_core::nodes::{Instance, InstanceState, TAG_STACK};
 use flightdeck_core::plan::StackSpec;
 use flightdeck_core::request::ParameterRule;
 use flightdeck_tests::{Emulator, unique};
@@ -481,6 +482,86 @@ async fn ec2_finds_the_login_instance_of_a_stack_by_its_cloudformation_tags() {
         None,
         "terminated instances are not logins"
     );
+}
+
+/// Launches `count` instances tagged `flightdeck:stack=<stack>`, as the cluster's scheduler
+/// does; returns their ids, sorted.
+async fn launch_nodes(ec2: &aws_sdk_ec2::Client, stack: &str, count: i32) -> Vec<String> {
+    let launched = ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(count)
+        .max_count(count)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(Ec2Tag::builder().key(TAG_STACK).value(stack).build())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("run instances");
+    let mut ids: Vec<String> = launched
+        .instances()
+        .iter()
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn ec2_finds_a_stacks_nodes_by_tag_and_terminates_them_idempotently() {
+    let emulator = Emulator::shared();
+    let conf = emulator.sdk_config().await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let stack = unique("fd-alice");
+    let other = unique("fd-bob");
+    let nodes = launch_nodes(&ec2, &stack, 2).await;
+    let bystander = launch_nodes(&ec2, &other, 1).await;
+    let instances = Ec2::new(&conf);
+
+    let ids = |found: Vec<Instance>| {
+        let mut ids: Vec<String> = found.into_iter().map(|i| i.id).collect();
+        ids.sort();
+        ids
+    };
+    let found = instances.stack_instances(&stack).await.expect("list");
+    assert!(
+        found
+            .iter()
+            .all(|i| matches!(i.state, InstanceState::Pending | InstanceState::Running)),
+        "{found:?}"
+    );
+    assert_eq!(ids(found), nodes, "the stack's nodes, and only them");
+
+    // An id EC2 does not know fails a whole TerminateInstances call; the known one still goes.
+    instances
+        .terminate(&[nodes[0].clone(), "i-0000000000000dead".to_owned()])
+        .await
+        .expect("an unknown id is not an error");
+    assert_eq!(
+        ids(instances.stack_instances(&stack).await.expect("list")),
+        nodes[1..],
+        "terminated instances are not listed"
+    );
+    instances.terminate(&nodes).await.expect("terminate");
+    instances
+        .terminate(&nodes)
+        .await
+        .expect("terminating terminated instances again is fine");
+    instances
+        .terminate(&[])
+        .await
+        .expect("nothing to terminate makes no call");
+    assert_eq!(instances.stack_instances(&stack).await.expect("list"), []);
+    assert_eq!(
+        ids(instances.stack_instances(&other).await.expect("list")),
+        bystander,
+        "another stack's node is left alone"
+    );
+    instances.terminate(&bystander).await.expect("clean up");
 }
 
 #[tokio::test]

@@ -342,9 +342,15 @@ async fn a_removed_request_deletes_its_stack_only_after_the_grace_period() {
     assert_eq!(site.stacks().await.len(), 1, "kept within the grace period");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     rec.resync(false, None).await.unwrap();
+    assert_eq!(
+        site.stacks().await.len(),
+        1,
+        "the cluster's instances are terminated before its stack is deleted"
+    );
+    rec.resync(false, None).await.unwrap();
     assert!(
         site.stacks().await.is_empty(),
-        "deleted after the grace period"
+        "deleted after the grace period, once no instance is alive"
     );
     rec.resync(false, None).await.unwrap();
     assert!(site.read("alice/x.cf-deleted").await.is_some());

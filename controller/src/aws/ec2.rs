@@ -1,14 +1,22 @@
-//! [`InstanceLookup`] on EC2: the login address of a stack's login instance, for templates
-//! that do not output it.
+//! [`Instances`] on EC2: the login address of a stack's login instance, for templates
+//! that do not output it, and the cluster's instances to terminate before its stack is
+//! deleted.
 
 use aws_config::SdkConfig;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::Filter;
+use flightdeck_core::nodes::{Instance, InstanceState, TAG_STACK};
 
 use super::error::classify;
-use crate::ports::{CallError, InstanceLookup};
+use crate::ports::{CallError, ErrorKind, Instances};
 
 const SERVICE: &str = "ec2";
+
+/// Every state but `terminated`: what may still be alive, or still shutting down.
+const NOT_TERMINATED: &[&str] = &["pending", "running", "shutting-down", "stopping", "stopped"];
+
+/// Ids per TerminateInstances call (EC2 takes up to 1,000 and recommends smaller batches).
+const TERMINATE_BATCH: usize = 100;
 
 /// The tags CloudFormation puts on every instance it launches.
 const TAG_STACK_ID: &str = "aws:cloudformation:stack-id";
@@ -27,6 +35,17 @@ impl Ec2 {
             client: Client::new(conf),
         }
     }
+
+    /// One TerminateInstances call.
+    async fn terminate_batch(&self, ids: &[String]) -> Result<(), CallError> {
+        self.client
+            .terminate_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(SERVICE, "TerminateInstances", &e))
+    }
 }
 
 fn filter(name: &str, values: &[&str]) -> Filter {
@@ -36,7 +55,7 @@ fn filter(name: &str, values: &[&str]) -> Filter {
         .build()
 }
 
-impl InstanceLookup for Ec2 {
+impl Instances for Ec2 {
     async fn login_ip(
         &self,
         stack_id: &str,
@@ -63,5 +82,58 @@ impl InstanceLookup for Ec2 {
             }
         }
         Ok(None)
+    }
+
+    async fn stack_instances(&self, stack_name: &str) -> Result<Vec<Instance>, CallError> {
+        let mut reservations = self
+            .client
+            .describe_instances()
+            .filters(filter(&format!("tag:{TAG_STACK}"), &[stack_name]))
+            .filters(filter("instance-state-name", NOT_TERMINATED))
+            .into_paginator()
+            .items()
+            .send();
+        let mut found = Vec::new();
+        while let Some(reservation) = reservations.next().await {
+            let reservation =
+                reservation.map_err(|e| classify(SERVICE, "DescribeInstances", &e))?;
+            for instance in reservation.instances() {
+                let Some(id) = instance.instance_id() else {
+                    continue;
+                };
+                let state = instance
+                    .state()
+                    .and_then(|s| s.name())
+                    .map_or(InstanceState::Other, |n| {
+                        InstanceState::from_name(n.as_str())
+                    });
+                found.push(Instance {
+                    id: id.to_owned(),
+                    state,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    async fn terminate(&self, ids: &[String]) -> Result<(), CallError> {
+        for batch in ids.chunks(TERMINATE_BATCH) {
+            match self.terminate_batch(batch).await {
+                // One id EC2 does not know fails the whole call and terminates none of the
+                // others: try them one by one, so the known ones still go.
+                Err(e) if e.kind == ErrorKind::NotFound && batch.len() > 1 => {
+                    for id in batch {
+                        match self.terminate_batch(std::slice::from_ref(id)).await {
+                            Err(e) if e.kind == ErrorKind::NotFound => {}
+                            other => other?,
+                        }
+                    }
+                }
+                // Gone already, or not visible yet: the next look lists again.
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+        Ok(())
     }
 }
