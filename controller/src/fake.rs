@@ -218,6 +218,14 @@ impl FakeStacks {
         }
     }
 
+    /// Ends a stack's creation with `status`: as on AWS, its last change stays its
+    /// creation time (a create that completes sets no LastUpdatedTime).
+    pub fn finish_create(&self, name: &str, status: &str) {
+        if let Some(s) = lock(&self.stacks).get_mut(name) {
+            s.status = status.into();
+        }
+    }
+
     /// Every stack name.
     pub fn names(&self) -> Vec<String> {
         lock(&self.stacks).keys().cloned().collect()

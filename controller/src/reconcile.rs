@@ -78,7 +78,12 @@ struct CachedRequest {
     counted_refusal: bool,
 }
 
-/// Details of a stack that cost extra calls, by stack id and last change.
+/// Details of a stack that cost extra calls, by stack id, last change and status. The
+/// status is part of the key because a stack's last change stays its creation time from
+/// CREATE_IN_PROGRESS to CREATE_COMPLETE: without it, "no address yet" would stick.
+type DetailsKey = (String, i64, String);
+
+/// Details of a stack that cost extra calls.
 #[derive(Clone, Default)]
 struct StackDetails {
     login_ip: Option<String>,
@@ -100,7 +105,7 @@ pub struct Reconciler<S, C, E, M> {
     /// The outbox may hold notices to send (true at start-up: unknown).
     pub(crate) outbox_pending: std::sync::atomic::AtomicBool,
     requests: Mutex<HashMap<String, CachedRequest>>,
-    details: Mutex<HashMap<(String, i64), StackDetails>>,
+    details: Mutex<HashMap<DetailsKey, StackDetails>>,
     orphans: Mutex<OrphanTracker>,
     started: Instant,
 }
@@ -514,7 +519,7 @@ where
     /// DescribeStackEvents only when needed and once per stack change.
     async fn with_details(&self, mut stack: StackView) -> Result<StackView, CallError> {
         let phase = stack.phase();
-        let cache_key = (stack.id.clone(), stack.last_change);
+        let cache_key = (stack.id.clone(), stack.last_change, stack.status.clone());
         let cached = self.lock_details().get(&cache_key).cloned();
         let mut details = cached.clone().unwrap_or_default();
         if cached.is_none() {
@@ -561,7 +566,7 @@ where
             .retain(|k, _| live.contains(k.as_str()));
         let stacks: BTreeSet<&str> = snap.stacks.values().map(|s| s.id.as_str()).collect();
         self.lock_details()
-            .retain(|(id, _), _| stacks.contains(id.as_str()));
+            .retain(|(id, _, _), _| stacks.contains(id.as_str()));
     }
 
     fn lock_requests(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedRequest>> {
@@ -570,7 +575,7 @@ where
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn lock_details(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), StackDetails>> {
+    fn lock_details(&self) -> std::sync::MutexGuard<'_, HashMap<DetailsKey, StackDetails>> {
         self.details
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

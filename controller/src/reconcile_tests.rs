@@ -178,6 +178,31 @@ async fn a_stack_in_progress_is_looked_at_again_by_key_until_ready() {
 }
 
 #[tokio::test]
+async fn a_create_that_completes_after_being_seen_in_progress_gets_its_address() {
+    // A create that completes keeps its creation time as its last change: details looked up
+    // while it was in progress (no address yet) must not be taken for the completed stack's.
+    let rec = rec();
+    *rec.cloud().stacks.create_status.lock().unwrap() = "CREATE_IN_PROGRESS".into();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    let key = ClusterKey::new("alice", "x").unwrap();
+    assert!(rec.reconcile_key(&key).await.soon);
+    assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Creating");
+
+    rec.cloud()
+        .stacks
+        .finish_create("fd-alice-x", "CREATE_COMPLETE");
+    let outcome = rec.reconcile_key(&key).await;
+    assert!(!outcome.soon && outcome.error.is_none(), "{outcome:?}");
+    assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Ready");
+    assert!(
+        text(&rec, "home/alice/x.cf-created").starts_with("198.51.100."),
+        "{}",
+        text(&rec, "home/alice/x.cf-created")
+    );
+}
+
+#[tokio::test]
 async fn a_failed_create_is_reported_with_the_event_reason_and_not_retried() {
     let rec = rec();
     *rec.cloud().stacks.create_status.lock().unwrap() = "ROLLBACK_COMPLETE".into();
