@@ -31,6 +31,9 @@ It adds, in moto's own process:
 - Debian's public image parameter /aws/service/debian/release/12/latest/amd64 (the template's
   default ImageId; moto resolves every SSM-typed parameter's default, and reserves /aws/
   names), as moto already has Amazon Linux's.
+- RunInstances from a launch template gets the template's IamInstanceProfile and, with spot
+  InstanceMarketOptions, is a spot instance (moto applies neither), so a node launched by
+  Slurm has its role's credentials in the box and the test can see the spot launch.
 - AWS::EC2::Instance's SecurityGroupIds (moto reads only SecurityGroups and puts the
   instance in the VPC's default group), so security groups can be enforced in the test box.
 - Public addresses (Elastic IPs, instances' public IPs) from 198.18.0.0/15, the range set
@@ -469,6 +472,29 @@ def with_security_group_ids(create: Any) -> Any:
     return classmethod(created)
 
 
+def with_launch_template_profile_and_market(run: Any) -> Any:
+    """Wraps run_instances: a launch template's instance profile and spot options apply."""
+
+    def ran(self: Any, image_id: Any, count: int, user_data: Any, security_group_names: Any,
+            **kwargs: Any) -> Any:
+        reservation = run(self, image_id, count, user_data, security_group_names, **kwargs)
+        if not kwargs.get("launch_template"):
+            return reservation
+        data = self._get_template_from_args(kwargs["launch_template"]).data
+        profile = data.get("IamInstanceProfile") or {}
+        spot = (data.get("InstanceMarketOptions") or {}).get("MarketType") == "spot"
+        for instance in reservation.instances:
+            if profile and not kwargs.get("iam_instance_profile"):
+                self.associate_iam_instance_profile(
+                    instance_id=instance.id, iam_instance_profile_arn=profile.get("Arn"),
+                    iam_instance_profile_name=profile.get("Name"))
+            if spot:
+                instance.lifecycle = "spot"
+        return reservation
+
+    return ran
+
+
 def install() -> None:
     """Register the resource types and patch moto's CloudFormation; call once."""
     for resource_type in (WAIT_CONDITION, WAIT_CONDITION_HANDLE):
@@ -484,6 +510,8 @@ def install() -> None:
         lambda self: None if self.status in NO_OUTPUTS else _moto_outputs(self))
     ssm_models.ParameterDict._check_loading_status = with_public_images(  # type: ignore
         ssm_models.ParameterDict._check_loading_status)
+    ec2_instances.InstanceBackend.run_instances = with_launch_template_profile_and_market(  # type: ignore
+        ec2_instances.InstanceBackend.run_instances)
     ec2_instances.Instance.create_from_cloudformation_json = with_security_group_ids(  # type: ignore
         ec2_instances.Instance.create_from_cloudformation_json)
     elastic_ip_addresses.random_ip = test_range_address(18)  # type: ignore[attr-defined]

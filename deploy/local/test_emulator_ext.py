@@ -347,15 +347,20 @@ class EmulatorExtensionTest(unittest.TestCase):
 
     # --- moto behaviour the cluster template relies on (no extension involved) ----------------
 
-    def test_launch_template_gives_user_data_and_tags_but_moto_ignores_its_spot_options(self):
+    def test_launch_template_gives_user_data_tags_profile_and_spot(self):
         user_data = base64.b64encode(b"#!/bin/bash\necho compute\n").decode()
         body = {
             "Resources": {
+                "Role": {"Type": "AWS::IAM::Role", "Properties": {"AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                            "Principal": {"Service": "ec2.amazonaws.com"}}]}}},
+                "Profile": {"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [{"Ref": "Role"}]}},
                 "ComputeTemplate": {
                     "Type": "AWS::EC2::LaunchTemplate",
                     "Properties": {
                         "LaunchTemplateData": {
                             "ImageId": IMAGE,
+                            "IamInstanceProfile": {"Arn": {"Fn::GetAtt": ["Profile", "Arn"]}},
                             "InstanceType": "t3.micro",
                             "UserData": user_data,
                             "InstanceMarketOptions": {"MarketType": "spot", "SpotOptions": {"MaxPrice": "0.05"}},
@@ -366,10 +371,12 @@ class EmulatorExtensionTest(unittest.TestCase):
                     },
                 }
             },
-            "Outputs": {"TemplateId": {"Value": {"Ref": "ComputeTemplate"}}},
+            "Outputs": {"TemplateId": {"Value": {"Ref": "ComputeTemplate"}},
+                        "ProfileArn": {"Value": {"Fn::GetAtt": ["Profile", "Arn"]}}},
         }
         stack_id = self.create(json.dumps(body))
-        template_id = self.stack(stack_id)["Outputs"][0]["OutputValue"]
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in self.stack(stack_id)["Outputs"]}
+        template_id = outputs["TemplateId"]
 
         run = self.ec2.run_instances(
             MinCount=1,
@@ -386,9 +393,9 @@ class EmulatorExtensionTest(unittest.TestCase):
         self.assertEqual(tags["flightdeck:role"], "compute")
         self.assertEqual(tags["Name"], "compute-1")
         self.assertEqual(tags["aws:ec2launchtemplate:id"], template_id)
-        # moto 5.2.5 marks an instance spot only when RunInstances itself carries
-        # InstanceMarketOptions; the launch template's are stored but not applied.
-        self.assertNotIn("InstanceLifecycle", instance)
+        # moto alone applies neither the template's spot options nor its instance profile.
+        self.assertEqual(instance.get("InstanceLifecycle"), "spot")
+        self.assertEqual(instance["IamInstanceProfile"]["Arn"], outputs["ProfileArn"])
 
         terminating = self.ec2.terminate_instances(InstanceIds=[instance_id])["TerminatingInstances"]
         self.assertEqual(terminating[0]["CurrentState"]["Name"], "shutting-down")
