@@ -13,7 +13,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 BIN := $(CARGO_TARGET_DIR)/debug/flightdeck
 
-.PHONY: demo test lint build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints image image-setup image-test k8s-lint lambda-test emulator-test
+.PHONY: demo test lint build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints image image-setup image-test k8s-lint lambda-test emulator-test cluster-test box-rootfs
 
 ## demo: start the emulator, run the controller, create and delete a cluster with the aws CLI
 demo: venv build
@@ -24,15 +24,28 @@ demo: venv build
 test: venv packages emulator-test lint monitoring-lint k8s-lint lambda-test
 	$(CARGO) test --workspace --all-targets --locked
 	$(MAKE) monitoring-live
+	$(MAKE) cluster-test
+
+## cluster-test: the template booted as a real Slurm cluster in local test hosts (the box:
+## network namespaces running Debian 12 under systemd-nspawn) on the emulator; see
+## tests/box/README.md. The first run on a machine builds the root filesystem.
+cluster-test: venv packages build
+	tests/box/cluster-test.sh
+
+## box-rootfs: the Debian 12 root filesystem of the box's hosts (built once, then reused; ~2 min)
+box-rootfs: packages
+	tests/box/rootfs.sh
 
 ## lint: rustfmt, clippy, cfn-lint (template), parliament (IAM policies), shellcheck (scripts)
 lint: venv packages
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(VENV)/bin/cfn-lint templates/*.yaml
+	$(VENV)/bin/python templates/bootstrap-body.py templates/cluster.yaml | shellcheck -s bash -
 	policies/check.sh
 	shellcheck deploy/local/*.sh deploy/*.sh deploy/grafana/check/check.sh deploy/image/*.sh deploy/k8s/*.sh \
-	  policies/*.sh customizer/default/configure.d/*.sh .ci/run
+	  policies/*.sh customizer/default/configure.d/*.sh customizer/default/configure.d/lib/*.sh \
+	  customizer/default/configure.d/slurm/* tests/box/*.sh .ci/run
 
 build:
 	$(CARGO) build --workspace --locked
