@@ -14,28 +14,10 @@
 # added outside the block stay.
 set -euo pipefail
 
-me=${0##*/}
-log() { echo "$me: $*"; }
-
-if [ -z "${FLIGHTDECK_USER:-}" ] && [ -r /etc/flightdeck/cluster.env ]; then
-  set -a
-  # shellcheck source=/dev/null
-  . /etc/flightdeck/cluster.env
-  set +a
-fi
-conf_dir=${FLIGHTDECK_CONFIGURE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
+# shellcheck source=customizer/default/configure.d/lib/node.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/node.sh"
 role=${FLIGHTDECK_ROLE:-unknown}
 user=${FLIGHTDECK_USER:-}
-
-# setting NAME DEFAULT: the last NAME=value line of settings.env, unquoted.
-setting() {
-  local value=""
-  if [ -r "$conf_dir/settings.env" ]; then
-    value=$(sed -n "s/^[[:space:]]*$1=//p" "$conf_dir/settings.env" | tail -n 1)
-    value=${value%\"}; value=${value#\"}; value=${value%\'}; value=${value#\'}
-  fi
-  printf '%s' "${value:-$2}"
-}
 
 if [ -z "$user" ]; then
   log "FLIGHTDECK_USER is not set; nothing to do"

@@ -8,26 +8,9 @@
 # offline. A small systemd unit repeats this at each boot. Idempotent.
 set -euo pipefail
 
-me=${0##*/}
-log() { echo "$me: $*"; }
-
-if [ -z "${FLIGHTDECK_ROLE:-}" ] && [ -r /etc/flightdeck/cluster.env ]; then
-  set -a
-  # shellcheck source=/dev/null
-  . /etc/flightdeck/cluster.env
-  set +a
-fi
-conf_dir=${FLIGHTDECK_CONFIGURE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
+# shellcheck source=customizer/default/configure.d/lib/node.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/node.sh"
 role=${FLIGHTDECK_ROLE:-unknown}
-
-setting() {
-  local value=""
-  if [ -r "$conf_dir/settings.env" ]; then
-    value=$(sed -n "s/^[[:space:]]*$1=//p" "$conf_dir/settings.env" | tail -n 1)
-    value=${value%\"}; value=${value#\"}; value=${value%\'}; value=${value#\'}
-  fi
-  printf '%s' "${value:-$2}"
-}
 
 if [ "$role" != compute ]; then
   log "role is $role, not compute; leaving hyperthreading as it is"
