@@ -34,6 +34,9 @@ It adds, in moto's own process:
 - RunInstances from a launch template gets the template's IamInstanceProfile and, with spot
   InstanceMarketOptions, is a spot instance (moto applies neither), so a node launched by
   Slurm has its role's credentials in the box and the test can see the spot launch.
+- A parameter-only stack update modifies the resources that name the parameter in Fn::Sub
+  (moto looks only for Ref), as CloudFormation updates every resource whose resolved
+  properties change: the cluster's sizing parameter is built with Fn::Sub.
 - AWS::EC2::Instance's SecurityGroupIds (moto reads only SecurityGroups and puts the
   instance in the VPC's default group), so security groups can be enforced in the test box.
 - Public addresses (Elastic IPs, instances' public IPs) from 198.18.0.0/15, the range set
@@ -50,6 +53,7 @@ import datetime
 import json
 import os
 import random
+import re
 import sys
 import threading
 from typing import Any
@@ -495,6 +499,30 @@ def with_launch_template_profile_and_market(run: Any) -> Any:
     return ran
 
 
+SUB_REFERENCE = re.compile(r"\$\{([A-Za-z0-9_:]+)\}")
+
+
+def sub_references(template: Any) -> list[str]:
+    """The names ${Name} in every Fn::Sub string within template."""
+    names: list[str] = []
+    if isinstance(template, dict):
+        for key, value in template.items():
+            if key == "Fn::Sub":
+                text = value[0] if isinstance(value, list) else value
+                if isinstance(text, str):
+                    names.extend(SUB_REFERENCE.findall(text))
+            names.extend(sub_references(value))
+    elif isinstance(template, list):
+        for item in template:
+            names.extend(sub_references(item))
+    return names
+
+
+def with_sub_references(references: Any) -> Any:
+    """Wraps parsing.get_references_from_template: ${Name} in Fn::Sub counts as a Ref."""
+    return lambda template: references(template) + sub_references(template)
+
+
 def install() -> None:
     """Register the resource types and patch moto's CloudFormation; call once."""
     for resource_type in (WAIT_CONDITION, WAIT_CONDITION_HANDLE):
@@ -510,6 +538,8 @@ def install() -> None:
         lambda self: None if self.status in NO_OUTPUTS else _moto_outputs(self))
     ssm_models.ParameterDict._check_loading_status = with_public_images(  # type: ignore
         ssm_models.ParameterDict._check_loading_status)
+    parsing.get_references_from_template = with_sub_references(  # type: ignore[assignment]
+        parsing.get_references_from_template)
     ec2_instances.InstanceBackend.run_instances = with_launch_template_profile_and_market(  # type: ignore
         ec2_instances.InstanceBackend.run_instances)
     ec2_instances.Instance.create_from_cloudformation_json = with_security_group_ids(  # type: ignore

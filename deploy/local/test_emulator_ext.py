@@ -422,6 +422,21 @@ class EmulatorExtensionTest(unittest.TestCase):
         image = self.ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["ImageId"]
         self.assertEqual(image, value)
 
+    def test_a_parameter_only_update_reaches_a_resource_that_names_it_in_sub(self):
+        body = json.dumps({
+            "Parameters": {"Nodes": {"Type": "Number"}},
+            "Resources": {"Sizing": {"Type": "AWS::SSM::Parameter", "Properties": {
+                "Name": f"/test/{uuid.uuid4().hex[:8]}/sizing", "Type": "String",
+                "Value": {"Fn::Sub": "NODES=${Nodes}"}}}},
+        })
+        stack_id = self.create(body, Parameters=[{"ParameterKey": "Nodes", "ParameterValue": "2"}])
+        name = self.physical_id(stack_id, "Sizing")
+        self.assertEqual(self.ssm.get_parameter(Name=name)["Parameter"]["Value"], "NODES=2")
+        self.cfn.update_stack(StackName=stack_id, TemplateBody=body,
+                              Parameters=[{"ParameterKey": "Nodes", "ParameterValue": "3"}])
+        self.assertEqual(self.stack(stack_id)["StackStatus"], "UPDATE_COMPLETE")
+        self.assertEqual(self.ssm.get_parameter(Name=name)["Parameter"]["Value"], "NODES=3")
+
     def test_a_stack_instance_is_in_its_security_group_ids(self):
         vpc = self.ec2.describe_subnets(SubnetIds=[self.subnet])["Subnets"][0]["VpcId"]
         body = json.dumps({"Resources": {
