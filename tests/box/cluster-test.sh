@@ -298,6 +298,14 @@ wait_until 300 "nodes shown powered down" nodes_are "$ip" 'idle~' 2
 figure "job done -> both nodes shown powered down in sinfo: $((SECONDS - t_done)) s"
 ok "after the idle time both instances are terminated and sinfo shows both nodes powered down"
 
+# An in-place update reaches Slurm: UpdateStack changes the sizing parameter, which the
+# master reads every minute.
+request alice job "$(seed_request ComputeMaxNodes=3 ComputeIdleTime=30)"
+t4=$SECONDS
+wait_until 240 "Slurm shows a third node after the update" nodes_are "$ip" 'idle~' 3
+figure "ComputeMaxNodes 2 -> 3 in .cf-create -> Slurm defines 3 nodes: $((SECONDS - t4)) s"
+ok "raising ComputeMaxNodes in the request updates the stack in place and Slurm defines 3 nodes"
+
 # ---------------------------------------------------------------------------------------
 step "fixed: AutoscalingPolicy disabled, ComputeInitialNodes 2"
 request alice fixed "$(seed_request AutoscalingPolicy=disabled ComputeInitialNodes=2 ComputeMaxNodes=4)"
