@@ -14,7 +14,8 @@
 #   fixed   AutoscalingPolicy disabled, ComputeInitialNodes 2: two nodes from boot, never a
 #           third; deleted with its compute nodes running.
 #   broken  dave's customizer folder has a script that exits 1: the stack fails, .cf-failed
-#           names the script, no .cf-created, nothing left running.
+#           names the script, no .cf-created, nothing left running; and bob asks for a fixed
+#           cluster of no nodes, which fails saying why.
 # Prints the figures it measured, and 'N passed, 0 failed' at the end.
 set -euo pipefail
 
@@ -323,8 +324,9 @@ count_is fd-alice-fixed 2 compute || fail "instance count changed on a fixed clu
 ok "never a third: Slurm defines 2 nodes, refuses -N3, and the instance count stays 2"
 
 # ---------------------------------------------------------------------------------------
-step "broken: a customizer script that exits 1"
+step "broken: a customizer script that exits 1; a fixed cluster of no nodes"
 request dave broken "$(seed_request ComputeMaxNodes=1)"
+request bob empty "$(seed_request AutoscalingPolicy=disabled ComputeInitialNodes=0)"
 wait_until 900 "home/dave/broken.cf-failed" exists home/dave/broken.cf-failed
 reason=$(show home/dave/broken.cf-failed)
 say "   .cf-failed: $reason"
@@ -333,6 +335,13 @@ grep -q '70-fail.sh (exit 1: this script fails on purpose)' <<<"$reason" ||
 absent home/dave/broken.cf-created || fail "a .cf-created was written for a failed cluster"
 wait_until 120 "the failed stack's instances are gone" count_is fd-dave-broken 0
 ok "the stack failed, .cf-failed names 70-fail.sh and its last output line, no .cf-created, no instance left"
+# On AWS the template's rule refuses this at CreateStack; the emulator ignores rules, so
+# the master's bootstrap says the same.
+wait_until 300 "home/bob/empty.cf-failed" exists home/bob/empty.cf-failed
+reason=$(show home/bob/empty.cf-failed)
+grep -q 'set ComputeInitialNodes to at least 1' <<<"$reason" || fail "bob/empty: $reason"
+absent home/bob/empty.cf-created || fail "a .cf-created was written for a cluster of no nodes"
+ok "a fixed cluster of no nodes fails, and .cf-failed says to set ComputeInitialNodes to at least 1"
 
 # ---------------------------------------------------------------------------------------
 step "deletion: idle cluster, cluster with running compute nodes, the other user's cluster"
