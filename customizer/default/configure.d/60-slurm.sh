@@ -15,17 +15,18 @@ case "${FLIGHTDECK_ROLE:-}" in
   master)
     need_packages slurmctld slurm-client
     install -d -m 0755 /opt/flightdeck/slurm
-    for program in configure resume suspend; do
+    for program in configure reap resume suspend; do
       install -m 0755 "$conf_dir/slurm/$program" "/opt/flightdeck/slurm/$program"
     done
     cat > /etc/systemd/system/flightdeck-slurm-sizing.service <<'EOF'
 [Unit]
-Description=flightdeck: apply the cluster's sizing to Slurm
+Description=flightdeck: apply the cluster's sizing to Slurm; end instances of powered-down nodes
 After=slurmctld.service
 
 [Service]
 Type=oneshot
-ExecStart=/opt/flightdeck/slurm/configure
+ExecStart=-/opt/flightdeck/slurm/configure
+ExecStart=/opt/flightdeck/slurm/reap
 EOF
     cat > /etc/systemd/system/flightdeck-slurm-sizing.timer <<'EOF'
 [Unit]
