@@ -1,0 +1,20 @@
+"""The box's fixed layout: its addresses, interface, namespace and nftables names, the
+instance states it boots, the PATH its commands get, and where the running box records
+itself. Shared by the other modules, so that no two can disagree."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+BRIDGE = "fdbox0"
+GATEWAY = "10.0.1.1"
+SUBNET = ipaddress.ip_network("10.0.1.0/24")
+VPC_DEFAULT = ipaddress.ip_network("10.0.0.0/16")
+IMDS_IP = "169.254.169.254"
+NETNS_PREFIX = "fdb-"
+VETH_PREFIX = "fdv-"
+NFT_TABLE = "flightdeck_box"
+POINTER = Path("/run/flightdeck-box")  # state dir and pid of the running box (one per machine)
+LIVE_STATES = ("pending", "running")
+PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
