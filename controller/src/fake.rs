@@ -210,14 +210,6 @@ impl FakeStacks {
         lock(&self.stacks).get(name).cloned()
     }
 
-    /// Sets a stack's status, as CloudFormation would when an operation ends.
-    pub fn set_status(&self, name: &str, status: &str) {
-        if let Some(s) = lock(&self.stacks).get_mut(name) {
-            s.status = status.into();
-            s.last_change = self.clock.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
     /// Ends a stack's creation with `status`: as on AWS, its last change stays its
     /// creation time (a create that completes sets no LastUpdatedTime).
     pub fn finish_create(&self, name: &str, status: &str) {
