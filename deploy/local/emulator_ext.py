@@ -34,6 +34,9 @@ It adds, in moto's own process:
 - RunInstances from a launch template gets the template's IamInstanceProfile and, with spot
   InstanceMarketOptions, is a spot instance (moto applies neither), so a node launched by
   Slurm has its role's credentials in the box and the test can see the spot launch.
+- One request at a time: moto's server runs each request on its own thread, but moto's models
+  are not thread-safe (two CreateStacks at once raced in a subnet's address allocator and
+  left a stack half-made, seen in the cluster test).
 - A parameter-only stack update modifies the resources that name the parameter in Fn::Sub
   (moto looks only for Ref), as CloudFormation updates every resource whose resolved
   properties change: the cluster's sizing parameter is built with Fn::Sub.
@@ -80,6 +83,7 @@ from moto.s3.models import s3_backends
 from moto.secretsmanager.models import secretsmanager_backends
 from moto.utilities.utils import get_partition
 from moto.ec2.models import elastic_ip_addresses, elastic_network_interfaces
+from moto.moto_server import werkzeug_app
 from moto.ec2.models import instances as ec2_instances
 from moto.ssm import models as ssm_models
 
@@ -523,6 +527,19 @@ def with_sub_references(references: Any) -> Any:
     return lambda template: references(template) + sub_references(template)
 
 
+_request_lock = threading.Lock()
+
+
+def one_at_a_time(call: Any) -> Any:
+    """Wraps the server's WSGI entry: requests are handled one after another."""
+
+    def handled(self: Any, environ: dict[str, Any], start_response: Any) -> Any:
+        with _request_lock:
+            return call(self, environ, start_response)
+
+    return handled
+
+
 def install() -> None:
     """Register the resource types and patch moto's CloudFormation; call once."""
     for resource_type in (WAIT_CONDITION, WAIT_CONDITION_HANDLE):
@@ -538,6 +555,8 @@ def install() -> None:
         lambda self: None if self.status in NO_OUTPUTS else _moto_outputs(self))
     ssm_models.ParameterDict._check_loading_status = with_public_images(  # type: ignore
         ssm_models.ParameterDict._check_loading_status)
+    werkzeug_app.DomainDispatcherApplication.__call__ = one_at_a_time(  # type: ignore
+        werkzeug_app.DomainDispatcherApplication.__call__)
     parsing.get_references_from_template = with_sub_references(  # type: ignore[assignment]
         parsing.get_references_from_template)
     ec2_instances.InstanceBackend.run_instances = with_launch_template_profile_and_market(  # type: ignore
