@@ -171,6 +171,12 @@ class HostLifecycle:
 
     def launch(self, host: Host, inst: dict) -> None:
         """The host's network, firewall and container."""
+        # What the metadata service answers from the emulator is looked up now: the aws CLI
+        # gives IMDS one second, and an answer must not wait behind the emulator's queue.
+        self.network_of(inst)
+        profile = (inst.get("IamInstanceProfile") or {}).get("Arn")
+        if profile:
+            self.role_of(profile)
         if host.keygen:
             _, err = host.keygen.communicate()
             if host.keygen.returncode != 0:

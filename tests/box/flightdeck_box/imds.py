@@ -137,8 +137,10 @@ class InstanceMetadata:
     """The metadata tree of an instance; a part of `Box` (its instances, by_ip, clients)."""
 
     def role_of(self, profile_arn: str) -> str | None:
+        """The role of an instance profile. A role found is kept for the box's life (a
+        cluster's profile never changes role); a miss is asked again after 30 s."""
         cached = self.roles.get(profile_arn)
-        if cached and cached[0] > time.time():
+        if cached and (cached[1] is not None or cached[0] > time.time()):
             return cached[1]
         name = profile_arn.rsplit("/", 1)[-1]
         try:
