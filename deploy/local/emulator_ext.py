@@ -96,9 +96,6 @@ WAIT_CONDITION_HANDLE = "AWS::CloudFormation::WaitConditionHandle"
 WAIT_CONDITION = "AWS::CloudFormation::WaitCondition"
 SECRET = "AWS::SecretsManager::Secret"
 
-# moto server handles each request in a thread: settle stacks in one request at a time.
-_settling = threading.RLock()
-
 
 class StackResource:
     """What the three resource types share of moto's model interface; Ref is `ref`.
@@ -390,22 +387,21 @@ def fail_stack(backend: CloudFormationBackend, stack: Stack, failed: list[str]) 
 
 def settle(backend: CloudFormationBackend) -> None:
     """Bring every stack that waits on a condition up to date with the signals received."""
-    with _settling:
-        for stack in list(backend.stacks.values()):
-            if stack.status != "CREATE_IN_PROGRESS":
-                continue
-            resources = stack.resource_map._parsed_resources.values()
-            conditions = [r for r in resources if isinstance(r, WaitCondition)]
-            if not conditions:
-                continue
-            for condition in conditions:
-                condition.evaluate(stack)
-            failed = [c.logical_id for c in conditions if c.state == "CREATE_FAILED"]
-            if failed:
-                fail_stack(backend, stack, failed)
-            elif all(c.is_created() for c in conditions):
-                stack.output_map = stack._create_output_map()  # outputs may GetAtt Data
-                stack.verify_readiness()  # CREATE_COMPLETE and its event
+    for stack in list(backend.stacks.values()):
+        if stack.status != "CREATE_IN_PROGRESS":
+            continue
+        resources = stack.resource_map._parsed_resources.values()
+        conditions = [r for r in resources if isinstance(r, WaitCondition)]
+        if not conditions:
+            continue
+        for condition in conditions:
+            condition.evaluate(stack)
+        failed = [c.logical_id for c in conditions if c.state == "CREATE_FAILED"]
+        if failed:
+            fail_stack(backend, stack, failed)
+        elif all(c.is_created() for c in conditions):
+            stack.output_map = stack._create_output_map()  # outputs may GetAtt Data
+            stack.verify_readiness()  # CREATE_COMPLETE and its event
 
 
 def settling_first(method: Any) -> Any:

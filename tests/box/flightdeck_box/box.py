@@ -16,7 +16,8 @@ from .dns import Dns
 from .firewall import Firewall
 from .hosts import Host, HostLifecycle, tags_of
 from .imds import Imds, InstanceMetadata
-from .layout import BRIDGE, GATEWAY, IMDS_IP, LIVE_STATES, POINTER, SUBNET, VPC_DEFAULT
+from .layout import (BRIDGE, GATEWAY, IMDS_IP, LIVE_STATES, POINTER, SUBNET, VPC_DEFAULT,
+                     forget_running_box)
 from .network import NetworkPlumbing, teardown_network
 from .shell import atomic_json, log
 from .tls import TlsProxy, ensure_server_cert
@@ -129,11 +130,7 @@ class Box(HostLifecycle, NetworkPlumbing, Firewall, InstanceMetadata):
                 log(f"stopping {type(server).__name__}: {err}")
         teardown_network(self.state)
         self.write_hosts()
-        for name in ("state", "pid"):
-            try:
-                (POINTER / name).unlink()
-            except FileNotFoundError:
-                pass
+        forget_running_box()
         log("down: nothing left running")
 
     # -- the emulator's view --------------------------------------------------------------

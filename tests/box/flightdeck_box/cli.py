@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .box import Box
 from .hosts import leader_of
-from .layout import PATH_ENV, POINTER
+from .layout import PATH_ENV, POINTER, forget_running_box
 from .network import teardown_network
 from .shell import atomic_json, log
 
@@ -140,11 +140,7 @@ def cmd_cleanup(args) -> int:
     teardown_network(state)
     if state:
         atomic_json(state / "hosts.json", [])
-    for name in ("state", "pid"):
-        try:
-            (POINTER / name).unlink()
-        except FileNotFoundError:
-            pass
+    forget_running_box()
     log("cleaned up")
     return 0
 

@@ -18,3 +18,12 @@ NFT_TABLE = "flightdeck_box"
 POINTER = Path("/run/flightdeck-box")  # state dir and pid of the running box (one per machine)
 LIVE_STATES = ("pending", "running")
 PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def forget_running_box() -> None:
+    """Removes the pointer files that name the running box (its state folder and pid)."""
+    for name in ("state", "pid"):
+        try:
+            (POINTER / name).unlink()
+        except FileNotFoundError:
+            pass
