@@ -69,10 +69,13 @@ pub struct PassReport {
     pub elapsed: Duration,
 }
 
-/// A request as last read, by object key: re-read only when its ETag changes.
+/// A request as last read, by object key: re-read when its ETag or its last-modified time
+/// changes. Writing a file again unchanged keeps its ETag (the MD5 of the content) but not
+/// its time: that is how users retry a refused or failed request.
 #[derive(Clone)]
 struct CachedRequest {
     etag: String,
+    modified: i64,
     state: RequestState,
     /// A refusal of this content (enrolment, admission) was counted already.
     counted_refusal: bool,
@@ -442,7 +445,7 @@ where
         if let Some(hit) = self
             .lock_requests()
             .get(&meta.key)
-            .filter(|c| c.etag == meta.etag)
+            .filter(|c| c.etag == meta.etag && c.modified == meta.modified)
         {
             return Ok(hit.state.clone());
         }
@@ -485,6 +488,7 @@ where
             meta.key.clone(),
             CachedRequest {
                 etag,
+                modified: meta.modified,
                 state: state.clone(),
                 counted_refusal: false,
             },
@@ -633,3 +637,7 @@ fn summarize(report: &PassReport, orphans_pending: usize, per_user: bool) -> Pas
 #[cfg(test)]
 #[path = "reconcile_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "hardening_tests.rs"]
+mod hardening_tests;

@@ -14,9 +14,9 @@ use crate::fake::{FakeInstances, FakeMailer, FakeStacks, FakeStore};
 use crate::ports::{ErrorKind, ObjectStore, Template};
 use crate::reconcile::Reconciler;
 
-type Rec = Reconciler<FakeStore, FakeStacks, FakeInstances, FakeMailer>;
+pub(crate) type Rec = Reconciler<FakeStore, FakeStacks, FakeInstances, FakeMailer>;
 
-const SEED: &str = include_str!("../../examples/cluster.cf-create");
+pub(crate) const SEED: &str = include_str!("../../examples/cluster.cf-create");
 const USER_KEYS: [&str; 9] = [
     "ComputeInstanceType",
     "ComputeInstanceTypeOther",
@@ -29,7 +29,7 @@ const USER_KEYS: [&str; 9] = [
     "AutoscalingPolicy",
 ];
 
-fn settings(grace: Duration, max_deletes: usize) -> Settings {
+pub(crate) fn settings(grace: Duration, max_deletes: usize) -> Settings {
     Settings {
         identity: Identity::new("fd", "site-a").unwrap(),
         region: None,
@@ -77,7 +77,7 @@ fn settings(grace: Duration, max_deletes: usize) -> Settings {
 }
 
 /// The nine keys of the example, any value, no limits but enrolment.
-fn test_policy() -> flightdeck_core::policy::Policy {
+pub(crate) fn test_policy() -> flightdeck_core::policy::Policy {
     let mut text = String::from("version = 1\n[prices]\n\"r4.large\" = \"0.133\"\n");
     for key in USER_KEYS {
         text.push_str(&format!("[parameters.{key}]\n"));
@@ -88,7 +88,7 @@ fn test_policy() -> flightdeck_core::policy::Policy {
     flightdeck_core::policy::Policy::parse(&text).unwrap()
 }
 
-fn rec_with(settings: Settings) -> Rec {
+pub(crate) fn rec_with(settings: Settings) -> Rec {
     let rules = crate::offline::rules(&settings).unwrap();
     let cloud = crate::fake::cloud();
     for user in ["alice", "bob"] {
@@ -105,18 +105,18 @@ fn rec_with(settings: Settings) -> Rec {
     )
 }
 
-fn rec() -> Rec {
+pub(crate) fn rec() -> Rec {
     rec_with(settings(Duration::from_secs(600), 5))
 }
 
-fn text(rec: &Rec, key: &str) -> String {
+pub(crate) fn text(rec: &Rec, key: &str) -> String {
     rec.cloud()
         .store
         .text(key)
         .unwrap_or_else(|| panic!("{key} missing; have {:?}", rec.cloud().store.keys()))
 }
 
-fn phase(rec: &Rec, key: &str) -> String {
+pub(crate) fn phase(rec: &Rec, key: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(&text(rec, key)).unwrap();
     v["phase"].as_str().unwrap().to_owned()
 }
