@@ -161,12 +161,12 @@ where
                     }
                 }
             }
-            Err(e) if e.kind == ErrorKind::Invalid => Ok(self.refuse(
+            Err(e) if self.users_to_fix(&e) => Ok(self.refuse(
                 key,
                 "cloudformation",
                 format!("CloudFormation refused the request: {}", e.message),
             )),
-            Err(e) => Err(e),
+            Err(e) => Err(self.install_fault(key, e)),
         }
     }
 
@@ -187,12 +187,12 @@ where
                 info!(stack = %spec.name, "stack already as requested");
                 Ok(Flow::Go)
             }
-            Err(e) if e.kind == ErrorKind::Invalid => Ok(self.refuse(
+            Err(e) if self.users_to_fix(&e) => Ok(self.refuse(
                 key,
                 "cloudformation",
                 format!("CloudFormation refused the change: {}", e.message),
             )),
-            Err(e) => Err(e),
+            Err(e) => Err(self.install_fault(key, e)),
         }
     }
 
@@ -256,6 +256,22 @@ where
         }
     }
 
+    /// Whether CloudFormation refused a create or update for a reason the user can fix: it
+    /// refused the input and its words name a setting users choose. Anything else (a
+    /// template error, a missing capability, a parameter only the administrators set) is
+    /// the install's: retried with backoff and counted, never a sticky `.cf-failed`.
+    fn users_to_fix(&self, e: &CallError) -> bool {
+        e.kind == ErrorKind::Invalid && names_a_setting(&e.message, self.rules.settable())
+    }
+
+    /// Logs a refused create or update the user cannot fix, for the administrators.
+    fn install_fault(&self, key: &ClusterKey, e: CallError) -> CallError {
+        if e.kind == ErrorKind::Invalid || e.kind == ErrorKind::Denied {
+            error!(user = %key.user, cluster = %key.cluster, error = %e, "CloudFormation refused a call for a reason the user cannot fix (template, stack role, capabilities or a fixed parameter); retrying with backoff");
+        }
+        e
+    }
+
     /// Audits an action on a user's request file.
     fn audit_object(&self, object: &str, action: &str, message: &str) {
         if let flightdeck_core::key::KeyKind::Cluster { key, .. } =
@@ -275,6 +291,18 @@ where
     }
 }
 
+/// Whether `message` names one of `settings` as a word of its own (not as part of a longer
+/// name: `ComputeMaxNodes` is not `MaxNodes`).
+fn names_a_setting<'a>(message: &str, mut settings: impl Iterator<Item = &'a str>) -> bool {
+    settings.any(|name| {
+        message.match_indices(name).any(|(at, _)| {
+            let before = message[..at].chars().next_back();
+            let after = message[at + name.len()..].chars().next();
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+        })
+    })
+}
+
 /// The metric and ledger label of terminating a cluster's instances before its delete.
 pub(crate) const TERMINATE_NODES: &str = "terminate_nodes";
 
@@ -288,5 +316,30 @@ fn action_label(action: &Action) -> &'static str {
         Action::Remove { .. } => "remove",
         Action::Notify(_) => "notify",
         Action::LookAgainSoon => "look_again",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_a_setting;
+
+    #[test]
+    fn a_refusal_is_the_users_only_when_it_names_a_setting_they_choose() {
+        let settings = [
+            "ComputeMaxNodes",
+            "ComputeInitialNodes",
+            "AutoscalingPolicy",
+        ];
+        let users = |m: &str| names_a_setting(m, settings.into_iter());
+        assert!(users("Parameter 'ComputeMaxNodes' must be a number."));
+        assert!(users(
+            "AutoscalingPolicy \"disabled\" means exactly ComputeInitialNodes compute nodes"
+        ));
+        assert!(!users("Parameters: [VpcId] must have values"));
+        assert!(!users(
+            "Template format error: Unresolved resource dependencies [Master]"
+        ));
+        assert!(!users("Requires capabilities : [CAPABILITY_NAMED_IAM]"));
+        assert!(!users("Parameter 'MyComputeMaxNodesX' must be a number."));
     }
 }

@@ -33,24 +33,35 @@ fn fail(service: &'static str, operation: &'static str, kind: ErrorKind) -> Call
     }
 }
 
-/// Failures to inject: by operation name, how many times (`u32::MAX` for always).
+/// A failure to inject: its kind, how many times more (`u32::MAX` for always), and the
+/// service's words (`injected <kind>` when not given).
+type Fault = (ErrorKind, u32, Option<String>);
+
+/// Failures to inject, by operation name.
 #[derive(Default)]
-struct Faults(Mutex<BTreeMap<&'static str, (ErrorKind, u32)>>);
+struct Faults(Mutex<BTreeMap<&'static str, Fault>>);
 
 impl Faults {
     fn check(&self, service: &'static str, operation: &'static str) -> Result<(), CallError> {
         let mut faults = lock(&self.0);
-        if let Some((kind, left)) = faults.get_mut(operation) {
-            let kind = *kind;
+        if let Some((kind, left, message)) = faults.get_mut(operation) {
+            let mut err = fail(service, operation, *kind);
+            if let Some(m) = message {
+                err.message.clone_from(m);
+            }
             if *left != u32::MAX {
                 *left -= 1;
             }
             if *left == 0 {
                 faults.remove(operation);
             }
-            return Err(fail(service, operation, kind));
+            return Err(err);
         }
         Ok(())
+    }
+
+    fn insert(&self, operation: &'static str, kind: ErrorKind, times: u32, message: Option<&str>) {
+        lock(&self.0).insert(operation, (kind, times, message.map(str::to_owned)));
     }
 }
 
@@ -107,7 +118,7 @@ impl FakeStore {
 
     /// Makes the next `times` calls of `operation` fail with `kind`.
     pub fn fail(&self, operation: &'static str, kind: ErrorKind, times: u32) {
-        lock(&self.faults.0).insert(operation, (kind, times));
+        self.faults.insert(operation, kind, times, None);
     }
 
     fn record(&self, operation: &'static str, key: &str) -> Result<(), CallError> {
@@ -242,7 +253,14 @@ impl FakeStacks {
 
     /// Makes the next `times` calls of `operation` fail with `kind`.
     pub fn fail(&self, operation: &'static str, kind: ErrorKind, times: u32) {
-        lock(&self.faults.0).insert(operation, (kind, times));
+        self.faults.insert(operation, kind, times, None);
+    }
+
+    /// Makes the next `times` calls of `operation` fail as CloudFormation refusing the
+    /// input (`ValidationError`) with `message`.
+    pub fn refuse(&self, operation: &'static str, message: &str, times: u32) {
+        self.faults
+            .insert(operation, ErrorKind::Invalid, times, Some(message));
     }
 
     fn record(&self, operation: &'static str, name: &str) -> Result<(), CallError> {
@@ -422,7 +440,7 @@ impl FakeInstances {
 
     /// Makes the next `times` calls of `operation` fail with `kind`.
     pub fn fail(&self, operation: &'static str, kind: ErrorKind, times: u32) {
-        lock(&self.faults.0).insert(operation, (kind, times));
+        self.faults.insert(operation, kind, times, None);
     }
 
     fn record(&self, operation: &'static str, argument: &str) -> Result<(), CallError> {
@@ -474,7 +492,8 @@ pub struct FakeMailer {
 impl FakeMailer {
     /// Makes the next `times` sends fail.
     pub fn fail(&self, times: u32) {
-        lock(&self.faults.0).insert("SendEmail", (ErrorKind::Invalid, times));
+        self.faults
+            .insert("SendEmail", ErrorKind::Invalid, times, None);
     }
 
     /// Subjects sent so far.

@@ -1,15 +1,17 @@
 //! Attacks on the reconciler by a hostile or careless user, a crash, a clock or a flaky
 //! API, each named after the attack, over the in-memory fakes.
 
-use crate::ports::ErrorKind;
-
 use super::tests::{SEED, phase, rec, text};
 
 #[tokio::test]
 async fn rewriting_a_refused_request_unchanged_retries_it() {
     let rec = rec();
     rec.cloud().store.insert("home/alice/x.cf-create", SEED);
-    rec.cloud().stacks.fail("CreateStack", ErrorKind::Invalid, 1);
+    rec.cloud().stacks.refuse(
+        "CreateStack",
+        "Parameter 'ComputeMaxNodes' must be a number.",
+        1,
+    );
     rec.resync(false, None).await.unwrap();
     rec.resync(false, None).await.unwrap();
     assert!(text(&rec, "home/alice/x.cf-failed").contains("CloudFormation refused"));
@@ -21,4 +23,34 @@ async fn rewriting_a_refused_request_unchanged_retries_it() {
     rec.resync(false, None).await.unwrap();
     assert_eq!(rec.cloud().stacks.names(), ["fd-alice-x"]);
     assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Ready");
+}
+
+#[tokio::test]
+async fn a_template_error_or_a_busy_stack_never_becomes_a_sticky_refusal() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.cloud().stacks.refuse(
+        "CreateStack",
+        "Template format error: Unresolved resource dependencies [Master] in the Resources block of the template",
+        2,
+    );
+    for _ in 0..2 {
+        let report = rec.resync(false, None).await.unwrap();
+        let outcome = report.outcomes.values().next().unwrap();
+        assert!(outcome.error.is_some(), "retried with backoff: {outcome:?}");
+        assert!(
+            rec.cloud().store.text("home/alice/x.cf-failed").is_none(),
+            "the install's fault is not the user's to read"
+        );
+    }
+    // Fixed by the administrators: the same request goes through, unwritten by the user.
+    rec.resync(false, None).await.unwrap();
+    assert_eq!(rec.cloud().stacks.names(), ["fd-alice-x"]);
+    assert!(
+        rec.metrics()
+            .render()
+            .contains("flightdeck_actions_total{action=\"create_stack\",outcome=\"error\"} 2"),
+        "{}",
+        rec.metrics().render()
+    );
 }

@@ -372,9 +372,11 @@ async fn the_executor_rechecks_tags_before_deleting() {
 async fn cloudformation_refusing_a_request_is_reported_and_not_sent_again() {
     let rec = rec();
     rec.cloud().store.insert("home/alice/x.cf-create", SEED);
-    rec.cloud()
-        .stacks
-        .fail("CreateStack", ErrorKind::Invalid, u32::MAX);
+    rec.cloud().stacks.refuse(
+        "CreateStack",
+        "Parameter 'ComputeMaxNodes' must be a number.",
+        u32::MAX,
+    );
     rec.resync(false, None).await.unwrap();
     rec.resync(false, None).await.unwrap();
     rec.resync(false, None).await.unwrap();

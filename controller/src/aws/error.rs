@@ -76,6 +76,27 @@ const INVALID: &[&str] = &[
     "MailFromDomainNotVerifiedException",
 ];
 
+/// What CloudFormation says, as a `ValidationError`, of a stack in the middle of another
+/// operation: later, the same call may succeed.
+const BUSY: &[&str] = &[
+    "_IN_PROGRESS state and can not be updated",
+    "_IN_PROGRESS state and cannot be updated",
+    "is in UPDATE_IN_PROGRESS state",
+    "is in CREATE_IN_PROGRESS state",
+    "is in DELETE_IN_PROGRESS state",
+    "is in UPDATE_ROLLBACK_IN_PROGRESS state",
+    "is in UPDATE_COMPLETE_CLEANUP_IN_PROGRESS state",
+];
+
+/// What CloudFormation says, as a `ValidationError`, of permissions it was refused (its
+/// service role, or the caller's).
+const UNAUTHORIZED: &[&str] = &[
+    "is not authorized to perform",
+    "not authorized to perform",
+    "is invalid or cannot be assumed",
+    "AccessDenied",
+];
+
 /// The kind of a failure the service answered, from its code, its message and the HTTP
 /// status. Codes are decided before statuses: a `SlowDown` is a 503 but means throttling.
 pub fn kind_of(code: Option<&str>, message: &str, status: Option<u16>) -> ErrorKind {
@@ -96,6 +117,15 @@ pub fn kind_of(code: Option<&str>, message: &str, status: Option<u16>) -> ErrorK
         // CloudFormation answers a missing stack with a plain ValidationError.
         if code == "ValidationError" && message.contains("does not exist") {
             return ErrorKind::NotFound;
+        }
+        // ... and a stack busy with another operation, and refused permissions, too.
+        if code == "ValidationError" {
+            if BUSY.iter().any(|m| message.contains(m)) {
+                return ErrorKind::Transient;
+            }
+            if UNAUTHORIZED.iter().any(|m| message.contains(m)) {
+                return ErrorKind::Denied;
+            }
         }
         if DENIED.contains(&code) {
             return ErrorKind::Denied;
@@ -346,6 +376,38 @@ mod tests {
             );
         }
         assert_eq!(s3_kind(400, "SomethingNew"), ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn a_busy_stack_or_a_refused_role_is_never_the_users_mistake() {
+        let kind = |m: &str| {
+            classify(
+                "cloudformation",
+                "UpdateStack",
+                &cfn_error("ValidationError", m),
+            )
+            .kind
+        };
+        assert_eq!(
+            kind(
+                "Stack:arn:aws:cloudformation:eu-west-1:1:stack/fd-alice-x/1 is in UPDATE_IN_PROGRESS state and can not be updated."
+            ),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            kind("Role arn:aws:iam::1:role/fd-stacks is invalid or cannot be assumed"),
+            ErrorKind::Denied
+        );
+        assert_eq!(
+            kind(
+                "User: arn:aws:sts::1:assumed-role/flightdeck/x is not authorized to perform: iam:PassRole on resource: fd-stacks"
+            ),
+            ErrorKind::Denied
+        );
+        assert_eq!(
+            kind("Parameter 'ComputeMaxNodes' must be a number."),
+            ErrorKind::Invalid
+        );
     }
 
     #[test]
