@@ -12,7 +12,7 @@ use crate::identity::{Identity, create_token, delete_token, hex_md5, update_toke
 use crate::key::{ClusterKey, Mistake, Suffix, mistake_report_key};
 use crate::orphan::OrphanVerdict;
 use crate::report::{ClusterStatus, Phase, created_body, deleted_body, failed_body, rfc3339};
-use crate::request::{Request, RequestRules, changed_keys};
+use crate::request::{Request, RequestRules};
 use crate::stack::{StackPhase, StackView};
 
 /// The request side of one cluster, as observed.
@@ -488,13 +488,23 @@ fn decide(
             Some((s, StackPhase::Stable | StackPhase::UpdateRolledBack)),
         ) => {
             let wanted = ctx.rules.stack_parameters(request, key);
-            let changed = changed_keys(request.parameters.keys(), &s.parameters, &wanted);
+            let changed = ctx.rules.changes(request, &s.parameters);
             let refusal = match changed.iter().find(|k| !ctx.updatable.contains(*k)) {
                 Some(fixed) => Some((
                     format!(
-                        "`{fixed}` cannot change on a running cluster (it is `{}`, the request asks for `{}`)",
-                        s.parameters.get(fixed).map_or("unset", String::as_str),
-                        wanted.get(fixed).map_or("unset", String::as_str),
+                        "`{fixed}` cannot change on a running cluster (it is `{}`, {})",
+                        s.parameters
+                            .get(fixed)
+                            .map(String::as_str)
+                            .or(ctx.rules.default_of(fixed))
+                            .unwrap_or("unset"),
+                        match wanted.get(fixed) {
+                            Some(v) => format!("the request asks for `{v}`"),
+                            None => format!(
+                                "the request leaves it out, which means the default `{}`",
+                                ctx.rules.default_of(fixed).unwrap_or("")
+                            ),
+                        }
                     ),
                     format!(
                         "The cluster is left as it was. To change it, write {c}.cf-delete, wait for {c}.cf-deleted, then write {c}.cf-create again; or put the old value back.",

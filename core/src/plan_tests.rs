@@ -712,6 +712,57 @@ fn failure_reports_say_what_to_do() {
 }
 
 #[test]
+fn dropping_master_system_volume_size_is_refused_not_applied() {
+    let w = World::new();
+    let s = changed("MasterSystemVolumeSize", "100");
+    let mut dropped = s.parameters.clone();
+    dropped.remove("MasterSystemVolumeSize");
+    let got = plan(
+        &Observed {
+            request: valid(Request::new(dropped, None)),
+            stack: Some(stack("CREATE_COMPLETE", &s)),
+            ..base()
+        },
+        &w.ctx(),
+    );
+    assert!(
+        !got.iter().any(|a| matches!(a, Action::UpdateStack(_))),
+        "the master (and its disk) would be replaced: {got:?}"
+    );
+    let body = body_of(&got, ".cf-failed");
+    assert!(
+        body.contains("`MasterSystemVolumeSize` cannot change on a running cluster (it is `100`, the request leaves it out, which means the default `16`)"),
+        "{body}"
+    );
+}
+
+#[test]
+fn dropping_a_setting_that_is_already_the_default_changes_nothing() {
+    let w = World::new();
+    let s = changed("MasterSystemVolumeSize", "16");
+    let mut dropped = s.parameters.clone();
+    dropped.remove("MasterSystemVolumeSize");
+    let mut running = stack("CREATE_COMPLETE", &s);
+    running.parameters.remove("MasterSystemVolumeSize");
+    let got = plan(
+        &Observed {
+            request: valid(Request::new(dropped, None)),
+            stack: Some(running),
+            ..base()
+        },
+        &w.ctx(),
+    );
+    assert!(
+        got.iter().any(|a| matches!(a, Action::UpdateStack(_))),
+        "only the request's hash changed: {got:?}"
+    );
+    assert!(
+        !summary(&got).iter().any(|a| a.contains(".cf-failed")),
+        "{got:?}"
+    );
+}
+
+#[test]
 fn ready_marker_and_status_carry_the_login_address() {
     let w = World::new();
     let s = seed();

@@ -30,6 +30,8 @@ pub struct ParameterRule {
     pub allowed: Vec<String>,
     /// The template gives no default, so a request must set it.
     pub required: bool,
+    /// The template's default: what a parameter the request leaves out is set to.
+    pub default: Option<String>,
 }
 
 /// Which parameters a user may set and which the operator fixes.
@@ -99,6 +101,31 @@ impl RequestRules {
     /// The parameters users may set (and `Lifetime`).
     pub fn settable(&self) -> impl Iterator<Item = &str> {
         self.settable.keys().map(String::as_str)
+    }
+
+    /// The settings users choose whose value on a running stack (`current`, its
+    /// parameters) differs from what `request` asks for. A setting the request leaves out
+    /// asks for the template's default, so removing a key is a change like any other (on
+    /// UpdateStack, CloudFormation sets a parameter that is not sent to its default).
+    pub fn changes(
+        &self,
+        request: &Request,
+        current: &BTreeMap<String, String>,
+    ) -> BTreeSet<String> {
+        self.settable
+            .iter()
+            .filter(|(name, rule)| {
+                let asked = request.parameters.get(*name).or(rule.default.as_ref());
+                let now = current.get(*name).or(rule.default.as_ref());
+                asked != now
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The template's default of a setting users choose, if it has one.
+    pub fn default_of(&self, name: &str) -> Option<&str> {
+        self.settable.get(name)?.default.as_deref()
     }
 
     /// The parameters sent to CloudFormation for `key`: the request's, then the fixed ones
@@ -492,18 +519,6 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-/// The set of parameters whose values differ between two parameter maps, over `keys`.
-pub fn changed_keys<'a>(
-    keys: impl IntoIterator<Item = &'a String>,
-    before: &BTreeMap<String, String>,
-    after: &BTreeMap<String, String>,
-) -> BTreeSet<String> {
-    keys.into_iter()
-        .filter(|k| before.get(*k) != after.get(*k))
-        .cloned()
-        .collect()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -552,7 +567,13 @@ pub(crate) mod tests {
             ("ComputeInitialNodes".into(), number.clone()),
             ("MasterInstanceType".into(), text(true)),
             ("MasterInstanceTypeOther".into(), text(false)),
-            ("MasterSystemVolumeSize".into(), number),
+            (
+                "MasterSystemVolumeSize".into(),
+                ParameterRule {
+                    default: Some("16".into()),
+                    ..number
+                },
+            ),
             (
                 "AutoscalingPolicy".into(),
                 ParameterRule {

@@ -382,6 +382,7 @@ Resources:
                     number: true,
                     allowed: vec![],
                     required: false,
+                    default: Some("4".to_owned()),
                 },
             ),
             (
@@ -390,6 +391,7 @@ Resources:
                     number: false,
                     allowed: vec!["c5.large".to_owned(), "r4.large".to_owned()],
                     required: true,
+                    default: None,
                 },
             ),
             (
@@ -398,6 +400,7 @@ Resources:
                     number: false,
                     allowed: vec![],
                     required: true,
+                    default: None,
                 },
             ),
         ])

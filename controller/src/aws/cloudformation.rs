@@ -324,6 +324,7 @@ impl StackService for CloudFormation {
                         .map(|c| c.allowed_values().to_vec())
                         .unwrap_or_default(),
                     required: p.default_value().is_none(),
+                    default: p.default_value().map(str::to_owned),
                 };
                 Some((p.parameter_key()?.to_owned(), rule))
             })
