@@ -54,3 +54,36 @@ async fn a_template_error_or_a_busy_stack_never_becomes_a_sticky_refusal() {
         rec.metrics().render()
     );
 }
+
+#[tokio::test]
+async fn a_request_hinted_right_after_a_restart_cannot_exceed_the_quota() {
+    let mut settings = super::tests::settings(std::time::Duration::from_secs(600), 5);
+    settings.policy = flightdeck_core::policy::Policy::parse(&format!(
+        "{}[users.alice]\nclusters = 1\n",
+        super::tests::policy_text()
+    ))
+    .unwrap();
+    let rec = super::tests::rec_with(settings.clone());
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    assert_eq!(rec.cloud().stacks.names(), ["fd-alice-x"]);
+
+    // A new controller process: same cloud, nothing in memory.
+    let restarted = super::tests::restarted(rec, settings);
+    restarted
+        .cloud()
+        .store
+        .insert("home/alice/y.cf-create", SEED);
+    let key = flightdeck_core::key::ClusterKey::new("alice", "y").unwrap();
+    let hinted = restarted.reconcile_key(&key).await;
+    assert!(
+        hinted.soon,
+        "looked at again once usage is known: {hinted:?}"
+    );
+    assert_eq!(restarted.cloud().stacks.names(), ["fd-alice-x"]);
+
+    restarted.resync(false, None).await.unwrap();
+    restarted.reconcile_key(&key).await;
+    assert_eq!(restarted.cloud().stacks.names(), ["fd-alice-x"]);
+    assert!(text(&restarted, "home/alice/y.cf-failed").contains("your limit is 1"));
+}

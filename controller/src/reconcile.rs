@@ -107,6 +107,9 @@ pub struct Reconciler<S, C, E, M> {
     user_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The outbox may hold notices to send (true at start-up: unknown).
     pub(crate) outbox_pending: std::sync::atomic::AtomicBool,
+    /// The usage book was built from a complete listing of the stacks: until then nothing
+    /// is admitted (a request hinted right after a start would be admitted against zero).
+    usage_known: std::sync::atomic::AtomicBool,
     requests: Mutex<HashMap<String, CachedRequest>>,
     details: Mutex<HashMap<DetailsKey, StackDetails>>,
     orphans: Mutex<OrphanTracker>,
@@ -138,6 +141,7 @@ where
             ledger_seq: std::sync::atomic::AtomicU64::new(0),
             user_locks: Mutex::default(),
             outbox_pending: std::sync::atomic::AtomicBool::new(true),
+            usage_known: std::sync::atomic::AtomicBool::new(false),
             requests: Mutex::default(),
             details: Mutex::default(),
             orphans: Mutex::default(),
@@ -227,6 +231,8 @@ where
         self.forget_unseen(&snap);
         self.lock_usage()
             .rebuild(&snap.stacks, &self.settings.policy.prices, start);
+        self.usage_known
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let outcomes: BTreeMap<ClusterKey, KeyOutcome> = futures::stream::iter(snap.keys())
             .map(|key| {
                 let files = snap.files.get(&key).cloned().unwrap_or_default();
@@ -328,6 +334,17 @@ where
     ) -> KeyOutcome {
         let user_lock = self.user_lock(&key.user);
         let _one_at_a_time = user_lock.lock().await;
+        if files.create.is_some()
+            && !files.delete
+            && !self.usage_known.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            // Admission needs what the user's other clusters take up, which only a complete
+            // listing of the stacks tells: the first full resync looks at this one.
+            return KeyOutcome {
+                soon: true,
+                ..KeyOutcome::default()
+            };
+        }
         let observed = match self.observe(key, files, stack, orphan).await {
             Ok(o) => o,
             Err(e) => {

@@ -78,6 +78,11 @@ pub(crate) fn settings(grace: Duration, max_deletes: usize) -> Settings {
 
 /// The nine keys of the example, any value, no limits but enrolment.
 pub(crate) fn test_policy() -> flightdeck_core::policy::Policy {
+    flightdeck_core::policy::Policy::parse(&policy_text()).unwrap()
+}
+
+/// The text of [`test_policy`], to add limits to.
+pub(crate) fn policy_text() -> String {
     let mut text = String::from("version = 1\n[prices]\n\"r4.large\" = \"0.133\"\n");
     for key in USER_KEYS {
         text.push_str(&format!("[parameters.{key}]\n"));
@@ -85,7 +90,18 @@ pub(crate) fn test_policy() -> flightdeck_core::policy::Policy {
             text.push_str("updatable = true\n");
         }
     }
-    flightdeck_core::policy::Policy::parse(&text).unwrap()
+    text
+}
+
+/// A new reconciler (a restarted process) on the same cloud as `rec`.
+pub(crate) fn restarted(rec: Rec, settings: Settings) -> Rec {
+    let rules = crate::offline::rules(&settings).unwrap();
+    Reconciler::new(
+        rec.cloud,
+        settings,
+        rules,
+        std::sync::Arc::new(crate::metrics::Metrics::new(false)),
+    )
 }
 
 pub(crate) fn rec_with(settings: Settings) -> Rec {

@@ -74,13 +74,7 @@ impl UsageBook {
             .collect();
         self.by_user.clear();
         for (key, stack) in stacks {
-            if matches!(
-                stack.phase(),
-                StackPhase::Stable
-                    | StackPhase::UpdateRolledBack
-                    | StackPhase::Creating
-                    | StackPhase::Busy
-            ) {
+            if takes_up_resources(stack) {
                 self.set(key, &stack.parameters, prices);
             }
         }
@@ -88,6 +82,13 @@ impl UsageBook {
             self.by_user.entry(user).or_default().insert(cluster, entry);
         }
     }
+}
+
+/// Whether a stack may still hold instances, and so counts against its user's limits:
+/// every stack but a deleted one and a create that rolled back completely. A stack stuck
+/// after a failed update, deleting, or whose delete failed still runs its instances.
+fn takes_up_resources(stack: &StackView) -> bool {
+    stack.phase() != StackPhase::Deleted && stack.status != "ROLLBACK_COMPLETE"
 }
 
 #[cfg(test)]
@@ -111,6 +112,36 @@ mod tests {
             (usage.clusters, usage.max_nodes),
             (1, 4),
             "a is gone, b is kept"
+        );
+    }
+
+    #[test]
+    fn stuck_and_undeletable_stacks_still_count_against_their_user() {
+        let prices = BTreeMap::new();
+        let mut stacks = BTreeMap::new();
+        for (cluster, status) in [
+            ("a", "UPDATE_ROLLBACK_FAILED"),
+            ("b", "DELETE_FAILED"),
+            ("c", "DELETE_IN_PROGRESS"),
+            ("d", "ROLLBACK_FAILED"),
+            ("e", "ROLLBACK_COMPLETE"),
+        ] {
+            stacks.insert(
+                ClusterKey::new("alice", cluster).unwrap(),
+                StackView {
+                    status: status.into(),
+                    parameters: BTreeMap::from([("ComputeMaxNodes".into(), "2".into())]),
+                    ..StackView::default()
+                },
+            );
+        }
+        let mut book = UsageBook::default();
+        book.rebuild(&stacks, &prices, Instant::now());
+        let usage = book.usage_of("alice", "new");
+        assert_eq!(
+            (usage.clusters, usage.max_nodes),
+            (4, 8),
+            "all but the create that rolled back completely"
         );
     }
 }
