@@ -111,12 +111,22 @@ where
                     self.audit_object(key, "request_delete", "the cluster's lifetime ended");
                 }
             }),
-            Action::Remove { key } => self.cloud.store.delete(key).await.map(|()| {
-                info!(object = %key, "removed");
-                if key.ends_with(".cf-create") || key.ends_with(".cf-delete") {
-                    self.audit_object(key, "remove_request", key);
-                }
-            }),
+            Action::Remove { key, if_etag } => {
+                let removed = match if_etag {
+                    Some(etag) => self.cloud.store.delete_if(key, etag).await,
+                    None => self.cloud.store.delete(key).await.map(|()| true),
+                };
+                removed.map(|removed| {
+                    if !removed {
+                        info!(object = %key, "not removed: written again since it was read");
+                        return;
+                    }
+                    info!(object = %key, "removed");
+                    if key.ends_with(".cf-create") || key.ends_with(".cf-delete") {
+                        self.audit_object(key, "remove_request", key);
+                    }
+                })
+            }
             _ => return Ok(()),
         };
         self.metrics.action(

@@ -15,7 +15,7 @@ use flightdeck_core::snapshot::ObjectMeta;
 use flightdeck_core::stack::StackView;
 
 use crate::ports::{
-    CallError, ErrorKind, Fetched, Instances, Mailer, ObjectStore, StackService, Template,
+    CallError, ErrorKind, Fetched, Instances, Mailer, ObjectStore, Read, StackService, Template,
     UpdateOutcome,
 };
 
@@ -72,6 +72,8 @@ pub struct FakeStore {
     calls: Mutex<Vec<String>>,
     faults: Faults,
     clock: AtomicI64,
+    /// Writes a user makes just before the next call of an operation on a key.
+    races: Mutex<Vec<(&'static str, String, Vec<u8>)>>,
 }
 
 impl FakeStore {
@@ -121,8 +123,24 @@ impl FakeStore {
         self.faults.insert(operation, kind, times, None);
     }
 
+    /// Has a user write `body` to `key` just before the next `operation` call on `key`:
+    /// a race between what flightdeck listed and what it does next.
+    pub fn race(&self, operation: &'static str, key: &str, body: impl AsRef<[u8]>) {
+        lock(&self.races).push((operation, key.to_owned(), body.as_ref().to_vec()));
+    }
+
     fn record(&self, operation: &'static str, key: &str) -> Result<(), CallError> {
         lock(&self.calls).push(format!("{operation} {key}"));
+        let raced = {
+            let mut races = lock(&self.races);
+            races
+                .iter()
+                .position(|(op, k, _)| *op == operation && k == key)
+                .map(|i| races.remove(i))
+        };
+        if let Some((_, key, body)) = raced {
+            self.insert(&key, body);
+        }
         self.faults.check("s3", operation)
     }
 }
@@ -154,6 +172,41 @@ impl ObjectStore for FakeStore {
             body: body.clone(),
             modified: *t,
         }))
+    }
+
+    async fn read(&self, key: &str, etag: &str, limit: usize) -> Result<Read, CallError> {
+        self.record("GetObject", key)?;
+        let objects = lock(&self.objects);
+        let Some((body, t)) = objects.get(key) else {
+            return Ok(Read::Missing);
+        };
+        let current = hex_md5(body);
+        if current != etag.trim_matches('"') {
+            return Ok(Read::Changed);
+        }
+        if body.len() > limit {
+            return Ok(Read::TooLarge {
+                size: Some(body.len() as u64),
+            });
+        }
+        Ok(Read::Body(Fetched {
+            etag: format!("\"{current}\""),
+            body: body.clone(),
+            modified: *t,
+        }))
+    }
+
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<bool, CallError> {
+        self.record("DeleteObject", key)?;
+        let mut objects = lock(&self.objects);
+        if objects
+            .get(key)
+            .is_some_and(|(body, _)| hex_md5(body) == etag.trim_matches('"'))
+        {
+            objects.remove(key);
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     async fn put(&self, key: &str, body: &str) -> Result<String, CallError> {

@@ -87,3 +87,51 @@ async fn a_request_hinted_right_after_a_restart_cannot_exceed_the_quota() {
     assert_eq!(restarted.cloud().stacks.names(), ["fd-alice-x"]);
     assert!(text(&restarted, "home/alice/y.cf-failed").contains("your limit is 1"));
 }
+
+#[tokio::test]
+async fn a_huge_object_swapped_in_after_the_listing_is_never_read() {
+    let rec = rec();
+    let key = "home/alice/x.cf-create";
+    rec.cloud().store.insert(key, SEED);
+    let huge = vec![b' '; 64 * 1024 * 1024];
+    rec.cloud().store.race("GetObject", key, &huge);
+    let report = rec.resync(false, None).await.unwrap();
+    let outcome = report.outcomes.values().next().unwrap();
+    assert!(
+        outcome
+            .error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("changed after it was listed")),
+        "the version listed is gone: look again ({outcome:?})"
+    );
+    assert!(rec.cloud().stacks.names().is_empty());
+    rec.resync(false, None).await.unwrap();
+    assert!(
+        text(&rec, "home/alice/x.cf-failed")
+            .contains("the request is 67108864 bytes; the limit is 16384 bytes"),
+        "{}",
+        text(&rec, "home/alice/x.cf-failed")
+    );
+    assert!(rec.cloud().stacks.names().is_empty());
+}
+
+#[tokio::test]
+async fn a_request_written_again_during_its_delete_is_not_removed() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    rec.cloud().store.insert("home/alice/x.cf-delete", "");
+    rec.resync(false, None).await.unwrap(); // the stack is deleted
+    assert!(rec.cloud().stacks.names().is_empty());
+    // While flightdeck tidies up, alice asks for the cluster again with new settings.
+    let again = SEED.replace("\"25\"", "\"4\"");
+    rec.cloud()
+        .store
+        .race("DeleteObject", "home/alice/x.cf-create", &again);
+    rec.resync(false, None).await.unwrap();
+    assert_eq!(
+        rec.cloud().store.text("home/alice/x.cf-create").as_deref(),
+        Some(again.as_str()),
+        "the new request survives"
+    );
+}

@@ -13,7 +13,7 @@ use flightdeck_core::stack::StackView;
 
 use crate::metrics::Metrics;
 use crate::ports::{
-    CallError, Fetched, Instances, Mailer, ObjectStore, StackService, Template, UpdateOutcome,
+    CallError, Fetched, Instances, Mailer, ObjectStore, Read, StackService, Template, UpdateOutcome,
 };
 
 /// An adapter whose calls are counted.
@@ -57,6 +57,14 @@ impl<T: ObjectStore> ObjectStore for Instrumented<T> {
     }
     async fn get(&self, key: &str) -> Result<Option<Fetched>, CallError> {
         self.call("s3", "GetObject", self.inner.get(key)).await
+    }
+    async fn read(&self, key: &str, etag: &str, limit: usize) -> Result<Read, CallError> {
+        self.call("s3", "GetObject", self.inner.read(key, etag, limit))
+            .await
+    }
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<bool, CallError> {
+        self.call("s3", "DeleteObject", self.inner.delete_if(key, etag))
+            .await
     }
     async fn put(&self, key: &str, body: &str) -> Result<String, CallError> {
         self.call("s3", "PutObject", self.inner.put(key, body))

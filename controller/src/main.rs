@@ -248,7 +248,7 @@ fn describe(action: &Action) -> String {
         Action::UpdateStack(s) => format!("update stack {}", s.name),
         Action::DeleteStack { name, .. } => format!("delete stack {name}"),
         Action::Put { key, .. } => format!("write {key}"),
-        Action::Remove { key } => format!("remove {key}"),
+        Action::Remove { key, .. } => format!("remove {key}"),
         Action::Notify(n) => format!("notify {:?}", n.event),
         Action::LookAgainSoon => "look again soon".into(),
     }

@@ -76,6 +76,23 @@ impl fmt::Debug for Fetched {
     }
 }
 
+/// An object read by [`ObjectStore::read`]: at most a bounded number of bytes of the
+/// version a listing saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// The object is gone.
+    Missing,
+    /// The object is no longer the version listed (its ETag differs): look again.
+    Changed,
+    /// The object is larger than the limit; nothing past the limit was read.
+    TooLarge {
+        /// Its size, when the answer told it.
+        size: Option<u64>,
+    },
+    /// The object, whole.
+    Body(Fetched),
+}
+
 /// One S3 bucket.
 ///
 /// Contract: `list` returns every object under the prefix across all pages, or an error
@@ -87,8 +104,25 @@ pub trait ObjectStore: Send + Sync {
     -> impl Future<Output = Result<Vec<ObjectMeta>, CallError>> + Send;
     /// Whether at least one object exists under `prefix` (one call, at most one key).
     fn any_under(&self, prefix: &str) -> impl Future<Output = Result<bool, CallError>> + Send;
-    /// The object, or `None` when it does not exist.
+    /// The object, or `None` when it does not exist. For flightdeck's own objects only:
+    /// what users write is read with [`ObjectStore::read`].
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Fetched>, CallError>> + Send;
+    /// The object `key` as it was when listed with `etag` (`If-Match`), reading at most
+    /// `limit` bytes of it (a `Range`, and a cap on what is taken from the answer): an
+    /// object replaced since the listing, however large, costs no more than `limit`.
+    fn read(
+        &self,
+        key: &str,
+        etag: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Read, CallError>> + Send;
+    /// Removes the object only while its ETag is still `etag` (`If-Match`); returns whether
+    /// it was removed (`false`: it was written again since, or is gone).
+    fn delete_if(
+        &self,
+        key: &str,
+        etag: &str,
+    ) -> impl Future<Output = Result<bool, CallError>> + Send;
     /// Writes `body` (as `text/plain; charset=utf-8`, or JSON for `.cf-status`); returns the
     /// new ETag.
     fn put(&self, key: &str, body: &str) -> impl Future<Output = Result<String, CallError>> + Send;

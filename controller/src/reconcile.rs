@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::config::Settings;
 use crate::metrics::{Metrics, PassSummary, phase_label};
-use crate::ports::{CallError, Instances, Mailer, ObjectStore, StackService};
+use crate::ports::{CallError, ErrorKind, Instances, Mailer, ObjectStore, Read, StackService};
 use crate::queue::WorkQueue;
 use crate::usage::UsageBook;
 
@@ -480,9 +480,38 @@ where
                 },
             )
         } else {
-            match self.cloud.store.get(&meta.key).await? {
-                None => return Ok(RequestState::Absent),
-                Some(fetched) => {
+            match self
+                .cloud
+                .store
+                .read(&meta.key, &meta.etag, MAX_REQUEST_BYTES)
+                .await?
+            {
+                Read::Missing => return Ok(RequestState::Absent),
+                Read::Changed => {
+                    return Err(CallError {
+                        service: "s3",
+                        operation: "GetObject",
+                        kind: ErrorKind::Transient,
+                        code: Some("PreconditionFailed".into()),
+                        message: format!("{} changed after it was listed; looking again", meta.key),
+                    });
+                }
+                Read::TooLarge { size } => {
+                    let reason = RequestError::TooLarge {
+                        size: size.map_or(MAX_REQUEST_BYTES + 1, |n| {
+                            usize::try_from(n).unwrap_or(usize::MAX)
+                        }),
+                    };
+                    refused_rule = Some(reason.kind());
+                    (
+                        meta.etag.clone(),
+                        RequestState::Invalid {
+                            reason: reason.to_string(),
+                            etag: meta.etag.clone(),
+                        },
+                    )
+                }
+                Read::Body(fetched) => {
                     let state = match parse_request(&fetched.body, &self.rules) {
                         Ok(request) => RequestState::Valid {
                             request,

@@ -151,6 +151,9 @@ pub enum Action {
     Remove {
         /// Object key.
         key: String,
+        /// Only while its ETag is still this one: a request the user wrote again since it
+        /// was read is never removed.
+        if_etag: Option<String>,
     },
     /// Send a notification.
     Notify(Notice),
@@ -856,7 +859,10 @@ fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
                     body: body.clone(),
                 });
             }
-            (Want::Absent, Some(_)) => writes.push(Action::Remove { key: object }),
+            (Want::Absent, Some(_)) => writes.push(Action::Remove {
+                key: object,
+                if_etag: None,
+            }),
             (Want::Absent, None) | (Want::Keep, _) => {}
         }
     }
@@ -879,14 +885,17 @@ fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
     }
     actions.extend(writes);
     if d.remove_requests {
-        if !matches!(obs.request, RequestState::Absent) {
+        if let RequestState::Valid { etag, .. } | RequestState::Invalid { etag, .. } = &obs.request
+        {
             actions.push(Action::Remove {
                 key: obs.key.object_key(ctx.home_prefix, Suffix::Create),
+                if_etag: Some(etag.clone()),
             });
         }
         if obs.delete_requested {
             actions.push(Action::Remove {
                 key: obs.key.object_key(ctx.home_prefix, Suffix::Delete),
+                if_etag: None,
             });
         }
     }
@@ -927,6 +936,7 @@ pub fn plan_mistakes(
         if !mistaken.contains_key(source) {
             actions.push(Action::Remove {
                 key: report.clone(),
+                if_etag: None,
             });
         }
     }

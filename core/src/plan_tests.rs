@@ -125,7 +125,9 @@ fn summary(actions: &[Action]) -> Vec<String> {
                 format!("status {:?}", st.phase)
             }
             Action::Put { key, .. } => format!("put {}", key.trim_start_matches("home/alice/")),
-            Action::Remove { key } => format!("remove {}", key.trim_start_matches("home/alice/")),
+            Action::Remove { key, .. } => {
+                format!("remove {}", key.trim_start_matches("home/alice/"))
+            }
             Action::Notify(n) => format!("notify {:?}", n.event),
             Action::LookAgainSoon => "soon".into(),
         })
@@ -620,13 +622,13 @@ fn a_second_pass_after_the_writes_writes_nothing() {
                         .markers
                         .insert(suffix, format!("\"{}\"", hex_md5(body.as_bytes())));
                 }
-                Action::Remove { key } if key.ends_with(".cf-create") => {
+                Action::Remove { key, .. } if key.ends_with(".cf-create") => {
                     after.request = RequestState::Absent;
                 }
-                Action::Remove { key } if key.ends_with(".cf-delete") => {
+                Action::Remove { key, .. } if key.ends_with(".cf-delete") => {
                     after.delete_requested = false
                 }
-                Action::Remove { key } => {
+                Action::Remove { key, .. } => {
                     after
                         .markers
                         .retain(|s, _| !key.ends_with(&format!(".{}", s.as_str())));
@@ -837,7 +839,10 @@ fn mistaken_requests_are_explained_once_and_tidied_when_gone() {
     assert_eq!(plan_mistakes(&mistaken, &reports), vec![]);
     assert_eq!(
         plan_mistakes(&BTreeMap::new(), &reports),
-        vec![Action::Remove { key: key.clone() }]
+        vec![Action::Remove {
+            key: key.clone(),
+            if_etag: None
+        }]
     );
 }
 

@@ -15,7 +15,9 @@ use flightdeck::aws::cloudformation::CloudFormation;
 use flightdeck::aws::ec2::Ec2;
 use flightdeck::aws::s3::S3Store;
 use flightdeck::aws::ses::Ses;
-use flightdeck::ports::{CallError, Fetched, ObjectStore, StackService, Template, UpdateOutcome};
+use flightdeck::ports::{
+    CallError, Fetched, ObjectStore, Read, StackService, Template, UpdateOutcome,
+};
 use flightdeck::reconcile::{Cloud, Reconciler};
 use flightdeck_core::identity::{TAG_CLUSTER, TAG_USER};
 use flightdeck_core::plan::StackSpec;
@@ -57,6 +59,13 @@ impl<T: ObjectStore> ObjectStore for Counted<T> {
     }
     async fn get(&self, key: &str) -> Result<Option<Fetched>, CallError> {
         self.inner.get(key).await
+    }
+    async fn read(&self, key: &str, etag: &str, limit: usize) -> Result<Read, CallError> {
+        self.inner.read(key, etag, limit).await
+    }
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<bool, CallError> {
+        self.count();
+        self.inner.delete_if(key, etag).await
     }
     async fn put(&self, key: &str, body: &str) -> Result<String, CallError> {
         self.count();

@@ -6,7 +6,7 @@ use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use flightdeck_core::snapshot::ObjectMeta;
 
 use super::error::{classify, local};
-use crate::ports::{CallError, ErrorKind, Fetched, ObjectStore};
+use crate::ports::{CallError, ErrorKind, Fetched, ObjectStore, Read};
 
 const SERVICE: &str = "s3";
 
@@ -129,6 +129,92 @@ impl ObjectStore for S3Store {
             etag,
             modified,
         }))
+    }
+
+    async fn read(&self, key: &str, etag: &str, limit: usize) -> Result<Read, CallError> {
+        const OPERATION: &str = "GetObject";
+        let ranged = |range: bool| {
+            let get = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .if_match(etag);
+            // One byte past the limit tells "larger" from "exactly the limit".
+            if range {
+                get.range(format!("bytes=0-{limit}"))
+            } else {
+                get
+            }
+        };
+        let mut answer = ranged(true).send().await;
+        if let Err(e) = &answer
+            && classify(SERVICE, OPERATION, e).code.as_deref() == Some("InvalidRange")
+        {
+            // S3 answers a range of an empty object with 416; the ETag still pins it.
+            answer = ranged(false).send().await;
+        }
+        let mut object = match answer {
+            Ok(object) => object,
+            Err(e) => {
+                let err = classify(SERVICE, OPERATION, &e);
+                return match err.code.as_deref() {
+                    Some("PreconditionFailed" | "412") => Ok(Read::Changed),
+                    Some("NoSuchKey") => Ok(Read::Missing),
+                    _ => Err(err),
+                };
+            }
+        };
+        let size = object
+            .content_range()
+            .and_then(|r| r.rsplit_once('/'))
+            .and_then(|(_, total)| total.parse().ok())
+            .or_else(|| object.content_length().and_then(|n| u64::try_from(n).ok()));
+        if size.is_some_and(|n| n > limit as u64) {
+            return Ok(Read::TooLarge { size });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = object.body.next().await {
+            let chunk = chunk.map_err(|e| {
+                local(
+                    SERVICE,
+                    OPERATION,
+                    ErrorKind::Transient,
+                    format!("reading the body of {key}: {e}"),
+                )
+            })?;
+            if body.len() + chunk.len() > limit {
+                // A server that ignored the range: stop reading here.
+                return Ok(Read::TooLarge { size });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Read::Body(Fetched {
+            body,
+            etag: object.e_tag().unwrap_or(etag).to_owned(),
+            modified: epoch_seconds(object.last_modified()),
+        }))
+    }
+
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<bool, CallError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_match(etag)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let err = classify(SERVICE, "DeleteObject", &e);
+                match err.code.as_deref() {
+                    Some("PreconditionFailed" | "412" | "NoSuchKey") => Ok(false),
+                    _ => Err(err),
+                }
+            }
+        }
     }
 
     async fn put(&self, key: &str, body: &str) -> Result<String, CallError> {
