@@ -216,6 +216,16 @@ struct ReconcileFile {
     orphan_policy: OrphanPolicy,
     #[serde(default = "default_concurrency")]
     concurrency: usize,
+    #[serde(default = "default_pass_deadline")]
+    pass_deadline: String,
+    #[serde(default = "default_max_expiry_deletes")]
+    max_expiry_deletes: usize,
+    #[serde(default = "default_expiry_grace")]
+    expiry_grace: String,
+    #[serde(default = "default_max_clock_skew")]
+    max_clock_skew: String,
+    #[serde(default = "default_per_user_work")]
+    per_user_work: usize,
 }
 
 impl Default for ReconcileFile {
@@ -227,8 +237,29 @@ impl Default for ReconcileFile {
             max_orphan_deletes: default_max_orphans(),
             orphan_policy: default_orphan_policy(),
             concurrency: default_concurrency(),
+            pass_deadline: default_pass_deadline(),
+            max_expiry_deletes: default_max_expiry_deletes(),
+            expiry_grace: default_expiry_grace(),
+            max_clock_skew: default_max_clock_skew(),
+            per_user_work: default_per_user_work(),
         }
     }
+}
+
+fn default_pass_deadline() -> String {
+    "15m".into()
+}
+fn default_max_expiry_deletes() -> usize {
+    10
+}
+fn default_expiry_grace() -> String {
+    "1h".into()
+}
+fn default_max_clock_skew() -> String {
+    "2m".into()
+}
+fn default_per_user_work() -> usize {
+    50
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +277,12 @@ struct NotifyFile {
     user_domain: String,
     #[serde(default)]
     lifetime_warning: Option<String>,
+    #[serde(default)]
+    per_user_hour: Option<u32>,
+}
+
+fn default_per_user_hour() -> u32 {
+    6
 }
 
 fn default_home() -> String {
@@ -398,6 +435,44 @@ pub struct Settings {
     pub http: Http,
     /// Per-user metric series.
     pub per_user_metrics: bool,
+    /// Bounds on what one pass, one user or a wrong clock can do.
+    pub guards: Guards,
+}
+
+/// Bounds that keep a slow pass, one user's files and a wrong clock from doing harm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guards {
+    /// A full resync still running after this long is stopped, logged, counted and alerted
+    /// (`reconcile.pass_deadline`).
+    pub pass_deadline: Duration,
+    /// Most clusters deleted in one pass because their lifetime ended; more at once deletes
+    /// none (`reconcile.max_expiry_deletes`).
+    pub max_expiry_deletes: usize,
+    /// A cluster first seen past the end of its lifetime lives this much longer, and its
+    /// user is warned (`reconcile.expiry_grace`).
+    pub expiry_grace: Duration,
+    /// Nothing is expired while this clock and AWS's differ by more
+    /// (`reconcile.max_clock_skew`).
+    pub max_clock_skew: Duration,
+    /// Requests read and explanations written for one user in one pass; the rest wait for
+    /// the next pass (`reconcile.per_user_work`).
+    pub per_user_work: usize,
+    /// Notices one user's clusters may send in an hour; the rest wait in the outbox
+    /// (`notify.per_user_hour`).
+    pub notices_per_user_hour: u32,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards {
+            pass_deadline: Duration::from_secs(15 * 60),
+            max_expiry_deletes: default_max_expiry_deletes(),
+            expiry_grace: Duration::from_secs(3600),
+            max_clock_skew: Duration::from_secs(120),
+            per_user_work: default_per_user_work(),
+            notices_per_user_hour: default_per_user_hour(),
+        }
+    }
 }
 
 impl Settings {
@@ -611,6 +686,35 @@ fn validate(
             "must not be longer than reconcile.resync_interval",
         ));
     }
+    let guards = Guards {
+        pass_deadline: duration("reconcile.pass_deadline", &r.pass_deadline)?,
+        max_expiry_deletes: r.max_expiry_deletes,
+        expiry_grace: duration("reconcile.expiry_grace", &r.expiry_grace)?,
+        max_clock_skew: duration("reconcile.max_clock_skew", &r.max_clock_skew)?,
+        per_user_work: r.per_user_work,
+        notices_per_user_hour: file
+            .notify
+            .per_user_hour
+            .unwrap_or_else(default_per_user_hour),
+    };
+    if guards.pass_deadline < resync_interval {
+        return Err(invalid(
+            "reconcile.pass_deadline",
+            "must not be shorter than reconcile.resync_interval",
+        ));
+    }
+    if guards.per_user_work == 0 {
+        return Err(invalid(
+            "reconcile.per_user_work",
+            "must be at least 1, or no user's request would ever be read",
+        ));
+    }
+    if guards.notices_per_user_hour == 0 {
+        return Err(invalid(
+            "notify.per_user_hour",
+            "must be at least 1 (to send no email, set notify.enabled = false)",
+        ));
+    }
     if !(1..=64).contains(&r.concurrency) {
         return Err(invalid(
             "reconcile.concurrency",
@@ -687,6 +791,7 @@ fn validate(
         lifetime_warning,
         http,
         per_user_metrics: file.metrics.per_user,
+        guards,
         policy,
     })
 }

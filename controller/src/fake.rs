@@ -74,6 +74,8 @@ pub struct FakeStore {
     clock: AtomicI64,
     /// Writes a user makes just before the next call of an operation on a key.
     races: Mutex<Vec<(&'static str, String, Vec<u8>)>>,
+    /// Listings under these prefixes hang (a service that stopped answering).
+    hung: Mutex<BTreeSet<String>>,
 }
 
 impl FakeStore {
@@ -123,6 +125,11 @@ impl FakeStore {
         self.faults.insert(operation, kind, times, None);
     }
 
+    /// Makes every listing of `prefix` hang until the test's (paused) clock runs out.
+    pub fn hang(&self, prefix: &str) {
+        lock(&self.hung).insert(prefix.to_owned());
+    }
+
     /// Has a user write `body` to `key` just before the next `operation` call on `key`:
     /// a race between what flightdeck listed and what it does next.
     pub fn race(&self, operation: &'static str, key: &str, body: impl AsRef<[u8]>) {
@@ -148,6 +155,9 @@ impl FakeStore {
 impl ObjectStore for FakeStore {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, CallError> {
         self.record("ListObjectsV2", prefix)?;
+        if lock(&self.hung).contains(prefix) {
+            tokio::time::sleep(std::time::Duration::from_secs(24 * 3600)).await;
+        }
         Ok(lock(&self.objects)
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))

@@ -135,3 +135,37 @@ async fn a_request_written_again_during_its_delete_is_not_removed() {
         "the new request survives"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_stuck_on_a_call_that_never_answers_is_stopped_logged_and_counted() {
+    let rec = rec();
+    let queue = crate::queue::WorkQueue::new(rec.metrics().clone());
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    // alice's next look lists her cluster's files: that call never answers.
+    rec.cloud().store.hang("home/");
+    let stopped = crate::run::pass(&rec, Some(&queue)).await;
+    let error = stopped.expect_err("stopped at the deadline");
+    assert!(error.message.contains("reconcile.pass_deadline"), "{error}");
+    assert!(
+        rec.metrics()
+            .render()
+            .contains("flightdeck_resyncs_total{outcome=\"overdue\"} 1"),
+        "{}",
+        rec.metrics().render()
+    );
+}
+
+#[tokio::test]
+async fn a_failed_pass_is_counted() {
+    let rec = rec();
+    rec.cloud()
+        .store
+        .fail("ListObjectsV2", crate::ports::ErrorKind::Transient, 1);
+    assert!(crate::run::pass(&rec, None).await.is_err());
+    assert!(
+        rec.metrics()
+            .render()
+            .contains("flightdeck_resyncs_total{outcome=\"error\"} 1")
+    );
+}

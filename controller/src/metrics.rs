@@ -12,7 +12,7 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::ports::{CallError, ErrorKind};
 
@@ -280,7 +280,7 @@ impl Metrics {
         }
         // Small label sets start at zero, so rate() and increase() see their first event and
         // dashboards show 0 rather than nothing.
-        for outcome in ["ok", "error"] {
+        for outcome in ["ok", "error", "overdue"] {
             m.resyncs.with_label_values(&[outcome]);
         }
         for action in [
@@ -356,11 +356,20 @@ impl Metrics {
 
     /// A full resync could not list.
     pub fn resync_failed(&self, error: &CallError) {
-        warn!(%error, "resync failed: nothing was planned; trying again next interval");
+        error!(%error, "resync failed: nothing was planned; trying again next interval");
         self.resyncs.with_label_values(&["error"]).inc();
     }
 
     /// Whether the per-user series are on.
+    /// A full resync ran past its deadline and was stopped.
+    pub fn resync_overdue(&self, deadline: std::time::Duration) {
+        error!(
+            deadline_s = deadline.as_secs(),
+            "resync overdue: stopped at its deadline; the clusters it had not reached are looked at next pass (look for slow or failing AWS calls)"
+        );
+        self.resyncs.with_label_values(&["overdue"]).inc();
+    }
+
     pub fn per_user(&self) -> bool {
         self.per_user
     }

@@ -190,6 +190,15 @@ impl WorkQueue {
         true
     }
 
+    /// [`Self::try_claim`], released by dropping what it returns: a pass cut short (its
+    /// deadline, a shutdown) never leaves a key claimed.
+    pub fn claim<'q>(&'q self, key: &ClusterKey) -> Option<Claimed<'q>> {
+        self.try_claim(key).then(|| Claimed {
+            queue: self,
+            key: key.clone(),
+        })
+    }
+
     /// Stops handing out keys; workers' `get` returns `None`.
     pub fn shutdown(&self) {
         self.lock().shut = true;
@@ -199,6 +208,18 @@ impl WorkQueue {
     /// Keys waiting (ready or delayed), not counting those being processed.
     pub fn depth(&self) -> usize {
         self.lock().depth()
+    }
+}
+
+/// A key the resync claimed; [`WorkQueue::done`] when dropped.
+pub struct Claimed<'q> {
+    queue: &'q WorkQueue,
+    key: ClusterKey,
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        self.queue.done(&self.key);
     }
 }
 

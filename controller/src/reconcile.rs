@@ -243,15 +243,15 @@ where
                     .copied()
                     .unwrap_or(OrphanVerdict::NotJudged);
                 async move {
-                    if let Some(q) = queue
-                        && !q.try_claim(&key)
-                    {
-                        return (key, None);
-                    }
+                    let claimed = match queue {
+                        Some(q) => match q.claim(&key) {
+                            Some(c) => Some(c),
+                            None => return (key, None),
+                        },
+                        None => None,
+                    };
                     let outcome = self.reconcile(&key, files, stack, verdict, dry_run).await;
-                    if let Some(q) = queue {
-                        q.done(&key);
-                    }
+                    drop(claimed);
                     (key, Some(outcome))
                 }
             })

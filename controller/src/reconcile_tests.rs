@@ -73,6 +73,7 @@ pub(crate) fn settings(grace: Duration, max_deletes: usize) -> Settings {
         },
         per_user_metrics: false,
         lifetime_warning: Duration::from_secs(3600),
+        guards: crate::config::Guards::default(),
     }
 }
 

@@ -54,7 +54,7 @@ where
     let settings = rec.settings();
     let (soon, cap) = (settings.busy_interval, settings.resync_interval);
     if once {
-        let report = rec.resync(false, None).await?;
+        let report = pass(&rec, None).await?;
         log_pass(&report);
         health.resynced();
         return Ok(());
@@ -76,7 +76,7 @@ where
         // A shutdown cuts a long pass short between calls: every action is idempotent, each
         // write to S3 is whole or absent, and the next start looks at everything again.
         let pass = tokio::select! {
-            result = rec.resync(false, Some(&queue)) => result,
+            result = pass(&rec, Some(&queue)) => result,
             () = &mut shutdown => break,
         };
         if let Ok(report) = pass {
@@ -97,6 +97,45 @@ where
         let _ = w.await;
     }
     Ok(())
+}
+
+/// One full resync within the pass deadline. A failed pass (a listing failed) and an
+/// overdue one (stopped at the deadline, between calls: every action is idempotent) are
+/// logged and counted, and so alerted.
+///
+/// # Errors
+/// The listing that failed, or a timeout error for an overdue pass.
+pub async fn pass<S, C, E, M>(
+    rec: &Reconciler<S, C, E, M>,
+    queue: Option<&WorkQueue>,
+) -> Result<PassReport, CallError>
+where
+    S: ObjectStore,
+    C: StackService,
+    E: Instances,
+    M: Mailer,
+{
+    let deadline = rec.settings().guards.pass_deadline;
+    match tokio::time::timeout(deadline, rec.resync(false, queue)).await {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(e)) => {
+            rec.metrics().resync_failed(&e);
+            Err(e)
+        }
+        Err(_) => {
+            rec.metrics().resync_overdue(deadline);
+            Err(CallError {
+                service: "flightdeck",
+                operation: "resync",
+                kind: crate::ports::ErrorKind::Transient,
+                code: None,
+                message: format!(
+                    "the pass was stopped at its deadline of {}s (reconcile.pass_deadline)",
+                    deadline.as_secs()
+                ),
+            })
+        }
+    }
 }
 
 fn log_pass(report: &PassReport) {

@@ -74,6 +74,7 @@ fn reconciler() -> Rec {
             max_hint_bytes: 4096,
         },
         per_user_metrics: false,
+        guards: flightdeck::config::Guards::default(),
         lifetime_warning: Duration::from_secs(3600),
         policy: flightdeck_core::policy::Policy::parse(
             "version = 1\n[limits]\nrequire_enrolment = false\n[parameters.ComputeMaxNodes]\nupdatable = true\n[parameters.ComputeInstanceType]\n[parameters.MasterInstanceType]\n",

@@ -9,7 +9,10 @@ pub mod error;
 pub mod s3;
 pub mod ses;
 
+use std::time::Duration;
+
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 /// Where to reach AWS, beyond what the standard chain finds (environment, profile, IMDS, …).
@@ -30,12 +33,24 @@ impl AwsSettings {
     }
 }
 
+/// Every call has an end: a connection within 5 s, an attempt within 30 s, and the whole
+/// call, retries included, within 2 minutes. A hung endpoint then fails the call (a
+/// transient error, retried later) instead of stalling a pass.
+fn timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(30))
+        .operation_timeout(Duration::from_secs(120))
+        .build()
+}
+
 /// The shared SDK configuration: the standard credential and region chain, the overrides
 /// in `settings`, and the standard retry mode (which retries throttling, timeouts and 5xx
 /// with backoff and jitter, up to the SDK's default number of attempts).
 pub async fn load(settings: &AwsSettings) -> SdkConfig {
-    let mut loader =
-        aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::standard());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard())
+        .timeout_config(timeouts());
     if let Some(region) = &settings.region {
         loader = loader.region(Region::new(region.clone()));
     }
