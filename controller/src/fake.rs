@@ -76,6 +76,10 @@ pub struct FakeStore {
     races: Mutex<Vec<(&'static str, String, Vec<u8>)>>,
     /// Listings under these prefixes hang (a service that stopped answering).
     hung: Mutex<BTreeSet<String>>,
+    /// What `clock_offset` answers: the service's clock minus ours.
+    pub offset: AtomicI64,
+    /// `clock_offset` answers `None` (no answer seen yet).
+    pub clock_unknown: std::sync::atomic::AtomicBool,
 }
 
 impl FakeStore {
@@ -204,6 +208,10 @@ impl ObjectStore for FakeStore {
             body: body.clone(),
             modified: *t,
         }))
+    }
+
+    fn clock_offset(&self) -> Option<i64> {
+        (!self.clock_unknown.load(Ordering::SeqCst)).then(|| self.offset.load(Ordering::SeqCst))
     }
 
     async fn delete_if(&self, key: &str, etag: &str) -> Result<bool, CallError> {

@@ -169,3 +169,124 @@ async fn a_failed_pass_is_counted() {
             .contains("flightdeck_resyncs_total{outcome=\"error\"} 1")
     );
 }
+
+/// Gives alice's running cluster `cluster` a lifetime that ends `in_secs` from now.
+fn ends_in(rec: &super::tests::Rec, cluster: &str, in_secs: i64) {
+    let mut stack = rec
+        .cloud()
+        .stacks
+        .get(&format!("fd-alice-{cluster}"))
+        .unwrap();
+    stack.tags.insert(
+        flightdeck_core::identity::TAG_EXPIRES.into(),
+        (crate::reconcile::unix_now() + in_secs).to_string(),
+    );
+    rec.cloud().stacks.insert(stack);
+}
+
+async fn running(rec: &super::tests::Rec, clusters: &[&str], in_secs: i64) {
+    for c in clusters {
+        rec.cloud()
+            .store
+            .insert(&format!("home/alice/{c}.cf-create"), SEED);
+    }
+    rec.resync(false, None).await.unwrap();
+    for c in clusters {
+        ends_in(rec, c, in_secs);
+    }
+    rec.resync(false, None).await.unwrap(); // seen before its end
+}
+
+#[tokio::test]
+async fn a_running_cluster_whose_request_is_made_invalid_still_expires() {
+    let rec = rec();
+    running(&rec, &["x"], 1).await;
+    rec.cloud()
+        .store
+        .insert("home/alice/x.cf-create", "{not json");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    rec.resync(false, None).await.unwrap();
+    assert!(
+        rec.cloud().store.text("home/alice/x.cf-delete").is_some(),
+        "{:?}",
+        rec.cloud().store.keys()
+    );
+    rec.resync(false, None).await.unwrap();
+    assert!(rec.cloud().stacks.names().is_empty());
+}
+
+#[tokio::test]
+async fn a_cluster_first_seen_past_its_end_is_warned_and_given_a_grace() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    ends_in(&rec, "x", -100);
+    // A new controller process sees it for the first time, past its end.
+    let restarted = super::tests::restarted(
+        rec,
+        super::tests::settings(std::time::Duration::from_secs(600), 5),
+    );
+    restarted.resync(false, None).await.unwrap();
+    restarted.resync(false, None).await.unwrap();
+    assert!(
+        restarted
+            .cloud()
+            .store
+            .text("home/alice/x.cf-delete")
+            .is_none()
+    );
+    assert_eq!(restarted.cloud().stacks.names(), ["fd-alice-x"]);
+    assert!(
+        restarted
+            .cloud()
+            .mailer
+            .as_ref()
+            .unwrap()
+            .subjects()
+            .iter()
+            .any(|s| s.ends_with("will be deleted soon")),
+        "{:?}",
+        restarted.cloud().mailer.as_ref().unwrap().subjects()
+    );
+}
+
+#[tokio::test]
+async fn no_cluster_expires_while_the_clock_disagrees_with_aws() {
+    let rec = rec();
+    running(&rec, &["x"], 1).await;
+    rec.cloud()
+        .store
+        .offset
+        .store(600, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    rec.resync(false, None).await.unwrap();
+    assert!(rec.cloud().store.text("home/alice/x.cf-delete").is_none());
+    assert!(
+        rec.metrics()
+            .render()
+            .contains("flightdeck_expiry_deletions_held_back{reason=\"clock_skew\"} 1")
+    );
+    rec.cloud()
+        .store
+        .offset
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    rec.resync(false, None).await.unwrap();
+    assert!(rec.cloud().store.text("home/alice/x.cf-delete").is_some());
+}
+
+#[tokio::test]
+async fn more_lifetimes_ending_at_once_than_the_cap_expire_none() {
+    let mut settings = super::tests::settings(std::time::Duration::from_secs(600), 5);
+    settings.guards.max_expiry_deletes = 1;
+    let rec = super::tests::rec_with(settings);
+    running(&rec, &["x", "y"], 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    rec.resync(false, None).await.unwrap();
+    assert!(rec.cloud().store.text("home/alice/x.cf-delete").is_none());
+    assert!(rec.cloud().store.text("home/alice/y.cf-delete").is_none());
+    assert!(
+        rec.metrics()
+            .render()
+            .contains("flightdeck_expiry_deletions_held_back{reason=\"cap\"} 2")
+    );
+}

@@ -66,6 +66,9 @@ impl<T: ObjectStore> ObjectStore for Instrumented<T> {
         self.call("s3", "DeleteObject", self.inner.delete_if(key, etag))
             .await
     }
+    fn clock_offset(&self) -> Option<i64> {
+        self.inner.clock_offset()
+    }
     async fn put(&self, key: &str, body: &str) -> Result<String, CallError> {
         self.call("s3", "PutObject", self.inner.put(key, body))
             .await

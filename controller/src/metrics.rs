@@ -118,6 +118,7 @@ pub struct Metrics {
     refused: IntCounterVec,
     orphans_pending: IntGauge,
     held_back: IntGauge,
+    expiries_held: IntGaugeVec,
     guard_trips: IntCounter,
     queue_depth: IntGauge,
     queue_retries: IntCounter,
@@ -258,6 +259,12 @@ impl Metrics {
                 "flightdeck_orphan_deletions_held_back",
                 "Orphans past grace the mass-deletion guard held back in the last pass.",
             ),
+            expiries_held: gauge_vec(
+                &r,
+                "flightdeck_expiry_deletions_held_back",
+                "Clusters past the end of their lifetime that the last pass did not delete, by why (clock_skew, cap).",
+                &["reason"],
+            ),
             guard_trips,
             queue_depth: gauge(
                 &r,
@@ -361,6 +368,15 @@ impl Metrics {
     }
 
     /// Whether the per-user series are on.
+    /// How many clusters past their end the last pass held back, and why (`None`: none).
+    pub fn expiries_held_back(&self, count: i64, reason: Option<&'static str>) {
+        for r in ["clock_skew", "cap"] {
+            self.expiries_held
+                .with_label_values(&[r])
+                .set(if Some(r) == reason { count } else { 0 });
+        }
+    }
+
     /// A full resync ran past its deadline and was stopped.
     pub fn resync_overdue(&self, deadline: std::time::Duration) {
         error!(

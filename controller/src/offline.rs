@@ -78,6 +78,7 @@ pub fn validate(
         orphan: OrphanVerdict::NotJudged,
         admission: request.1,
         lifetime: None,
+        expiry: None,
         now: 0,
     };
     let ctx = Context {

@@ -128,6 +128,9 @@ pub trait ObjectStore: Send + Sync {
     fn put(&self, key: &str, body: &str) -> impl Future<Output = Result<String, CallError>> + Send;
     /// Removes the object; a missing object is not an error.
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), CallError>> + Send;
+    /// AWS's clock minus this host's, in seconds, from the `Date` of the latest answer;
+    /// `None` before the first answer.
+    fn clock_offset(&self) -> Option<i64>;
     /// Writes `body` only if no object `key` exists yet (S3's `If-None-Match: *`), so what
     /// is written is never overwritten; an existing object is [`ErrorKind::AlreadyExists`].
     fn put_new(&self, key: &str, body: &str) -> impl Future<Output = Result<(), CallError>> + Send;

@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flightdeck_core::admission::{admit, cost_of, lifetime_of};
+use flightdeck_core::admission::{admit, cost_of, lifetime_end, lifetime_of, policy_lifetime};
+use flightdeck_core::identity::TAG_USER;
 use flightdeck_core::key::{ClusterKey, Suffix};
 use flightdeck_core::money::Dollars;
 use flightdeck_core::orphan::{OrphanTracker, OrphanVerdict};
 use flightdeck_core::plan::{
-    Action, Context, Observed, RequestState, plan_mistakes, plan_with_phase,
+    Action, Context, Expiry, Observed, RequestState, plan_mistakes, plan_with_phase,
 };
 use flightdeck_core::report::Phase;
 use flightdeck_core::request::{MAX_REQUEST_BYTES, RequestError, RequestRules, parse_request};
@@ -111,6 +112,9 @@ pub struct Reconciler<S, C, E, M> {
     /// is admitted (a request hinted right after a start would be admitted against zero).
     usage_known: std::sync::atomic::AtomicBool,
     requests: Mutex<HashMap<String, CachedRequest>>,
+    /// When this process first saw each stack (by id): a stack first seen past the end of
+    /// its lifetime gets a grace.
+    first_seen: Mutex<HashMap<String, i64>>,
     details: Mutex<HashMap<DetailsKey, StackDetails>>,
     orphans: Mutex<OrphanTracker>,
     started: Instant,
@@ -143,6 +147,7 @@ where
             outbox_pending: std::sync::atomic::AtomicBool::new(true),
             usage_known: std::sync::atomic::AtomicBool::new(false),
             requests: Mutex::default(),
+            first_seen: Mutex::default(),
             details: Mutex::default(),
             orphans: Mutex::default(),
             started: Instant::now(),
@@ -229,6 +234,7 @@ where
             );
         }
         self.forget_unseen(&snap);
+        let may_expire = self.judge_expiries(&snap);
         self.lock_usage()
             .rebuild(&snap.stacks, &self.settings.policy.prices, start);
         self.usage_known
@@ -250,7 +256,9 @@ where
                         },
                         None => None,
                     };
-                    let outcome = self.reconcile(&key, files, stack, verdict, dry_run).await;
+                    let outcome = self
+                        .reconcile(&key, files, stack, verdict, may_expire, dry_run)
+                        .await;
                     drop(claimed);
                     (key, Some(outcome))
                 }
@@ -314,7 +322,7 @@ where
                 );
                 let files = snap.files.get(key).cloned().unwrap_or_default();
                 let stack = snap.stacks.get(key).cloned();
-                self.reconcile(key, files, stack, OrphanVerdict::NotJudged, false)
+                self.reconcile(key, files, stack, OrphanVerdict::NotJudged, false, false)
                     .await
             }
             Err(e) => KeyOutcome {
@@ -330,6 +338,7 @@ where
         files: ClusterFiles,
         stack: Option<StackView>,
         orphan: OrphanVerdict,
+        may_expire: bool,
         dry_run: bool,
     ) -> KeyOutcome {
         let user_lock = self.user_lock(&key.user);
@@ -345,7 +354,7 @@ where
                 ..KeyOutcome::default()
             };
         }
-        let observed = match self.observe(key, files, stack, orphan).await {
+        let observed = match self.observe(key, files, stack, orphan, may_expire).await {
             Ok(o) => o,
             Err(e) => {
                 return KeyOutcome {
@@ -389,6 +398,7 @@ where
         files: ClusterFiles,
         stack: Option<StackView>,
         orphan: OrphanVerdict,
+        may_expire: bool,
     ) -> Result<Observed, CallError> {
         let request = match &files.create {
             None => RequestState::Absent,
@@ -434,6 +444,13 @@ where
             Some(s) => Some(self.with_details(s).await?),
             None => None,
         };
+        let now = unix_now();
+        let expiry = stack.as_ref().and_then(|s| {
+            Some(Expiry {
+                end: self.lifetime_end(s, now)?,
+                may_delete: may_expire,
+            })
+        });
         Ok(Observed {
             key: key.clone(),
             request,
@@ -447,10 +464,68 @@ where
                 None => None,
             },
             admission,
-            now: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            expiry,
+            now,
         })
+    }
+
+    /// When `stack`'s lifetime ends ([`lifetime_end`]), noting when this process first saw
+    /// it.
+    fn lifetime_end(&self, stack: &StackView, now: i64) -> Option<i64> {
+        let first_seen = *self
+            .first_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(stack.id.clone())
+            .or_insert(now);
+        let user = stack.tags.get(TAG_USER).map_or("", String::as_str);
+        lifetime_end(
+            stack,
+            policy_lifetime(&self.settings.policy, user),
+            first_seen,
+            self.settings.guards.expiry_grace,
+        )
+    }
+
+    /// Whether this pass may delete clusters whose lifetime ended: not while this clock
+    /// and AWS's disagree by more than `reconcile.max_clock_skew` (or AWS's is unknown),
+    /// and not when more are due at once than `reconcile.max_expiry_deletes`. Either way
+    /// is logged and counted.
+    fn judge_expiries(&self, snap: &Snapshot) -> bool {
+        let now = unix_now();
+        let due = snap
+            .stacks
+            .values()
+            .filter(|s| !matches!(s.phase(), StackPhase::Deleting | StackPhase::Deleted))
+            .filter(|s| self.lifetime_end(s, now).is_some_and(|end| now >= end))
+            .count();
+        let guards = &self.settings.guards;
+        let skew = self.cloud.store.clock_offset();
+        let held = if due == 0 {
+            None
+        } else if skew.is_none_or(|o| o.unsigned_abs() > guards.max_clock_skew.as_secs()) {
+            warn!(
+                due,
+                offset_s = skew,
+                bound_s = guards.max_clock_skew.as_secs(),
+                "expiring no cluster: this clock and AWS's disagree by more than reconcile.max_clock_skew (or AWS's time is not known yet); check the host's time synchronisation"
+            );
+            Some("clock_skew")
+        } else if due > guards.max_expiry_deletes {
+            warn!(
+                due,
+                cap = guards.max_expiry_deletes,
+                "expiring no cluster: more lifetimes ended at once than reconcile.max_expiry_deletes allows; check the policy's lifetimes and the clock, then raise the cap for one pass"
+            );
+            Some("cap")
+        } else {
+            None
+        };
+        self.metrics.expiries_held_back(
+            held.map_or(0, |_| i64::try_from(due).unwrap_or(i64::MAX)),
+            held,
+        );
+        held.is_none()
     }
 
     /// The request behind `meta`, from the cache when its ETag is unchanged.
@@ -605,7 +680,8 @@ where
         Ok(stack)
     }
 
-    /// Drops cached requests and stack details that the last full listing no longer has.
+    /// Drops cached requests, stack details and first sightings that the last full listing
+    /// no longer has.
     fn forget_unseen(&self, snap: &Snapshot) {
         let live: BTreeSet<&str> = snap
             .files
@@ -617,6 +693,10 @@ where
         let stacks: BTreeSet<&str> = snap.stacks.values().map(|s| s.id.as_str()).collect();
         self.lock_details()
             .retain(|(id, _, _), _| stacks.contains(id.as_str()));
+        self.first_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|id, _| stacks.contains(id.as_str()));
     }
 
     fn lock_requests(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedRequest>> {
@@ -652,6 +732,13 @@ where
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Now, in seconds since the epoch.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The gauges' view of a pass: clusters and cost by phase, and per user.

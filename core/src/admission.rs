@@ -88,6 +88,46 @@ pub fn lifetime_of(policy: &Policy, user: &str, request: &Request) -> Option<Dur
     })
 }
 
+/// How long a cluster of `user` may live by the policy alone (its default lifetime, never
+/// more than its maximum; else its maximum): the lifetime of a stack created before its end
+/// was recorded in a tag, whatever its request says now.
+pub fn policy_lifetime(policy: &Policy, user: &str) -> Option<Duration> {
+    let limits = policy.limits_of(user);
+    let max = limits.max_lifetime.as_ref().map(|m| m.value);
+    match (limits.lifetime, max) {
+        (Some(l), Some(m)) => Some(l.min(m)),
+        (l, m) => l.or(m),
+    }
+}
+
+/// When a stack's lifetime ends, seconds since the epoch: its [`TAG_EXPIRES`] tag, or for a
+/// stack without one, its creation plus `legacy`. A stack this controller first saw at
+/// `first_seen`, already past that end (the controller was down, or the stack predates the
+/// tag), gets `grace` from then: it is warned, not deleted on sight.
+///
+/// [`TAG_EXPIRES`]: crate::identity::TAG_EXPIRES
+pub fn lifetime_end(
+    stack: &crate::stack::StackView,
+    legacy: Option<Duration>,
+    first_seen: i64,
+    grace: Duration,
+) -> Option<i64> {
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let end = match stack
+        .tags
+        .get(crate::identity::TAG_EXPIRES)
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        Some(end) => end,
+        None => stack.created.saturating_add(secs(legacy?)),
+    };
+    Some(if first_seen > end {
+        first_seen.saturating_add(secs(grace))
+    } else {
+        end
+    })
+}
+
 /// Admits `request` for `user`, whose other clusters take up `usage`.
 ///
 /// # Errors
@@ -479,6 +519,54 @@ mod tests {
         assert_eq!(
             message("dave", &[("Lifetime", "soon")], Usage::default()),
             "`Lifetime` = `soon` is not allowed: give a duration like 8h or 3d"
+        );
+    }
+}
+
+#[cfg(test)]
+mod lifetime_tests {
+    use super::*;
+    use crate::stack::StackView;
+
+    fn stack(tag: Option<&str>) -> StackView {
+        let mut s = StackView {
+            created: 1_000,
+            ..StackView::default()
+        };
+        if let Some(t) = tag {
+            s.tags.insert(crate::identity::TAG_EXPIRES.into(), t.into());
+        }
+        s
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn the_end_is_the_tag_whatever_the_request_says_now() {
+        assert_eq!(
+            lifetime_end(&stack(Some("5000")), Some(HOUR * 100), 1_000, HOUR),
+            Some(5_000)
+        );
+        assert_eq!(
+            lifetime_end(&stack(Some("5000")), None, 1_000, HOUR),
+            Some(5_000)
+        );
+    }
+
+    #[test]
+    fn a_stack_without_the_tag_lives_by_the_policy() {
+        assert_eq!(
+            lifetime_end(&stack(None), Some(HOUR), 1_000, HOUR),
+            Some(4_600)
+        );
+        assert_eq!(lifetime_end(&stack(None), None, 1_000, HOUR), None);
+    }
+
+    #[test]
+    fn a_cluster_first_seen_past_its_end_gets_a_grace_not_a_delete() {
+        assert_eq!(
+            lifetime_end(&stack(Some("5000")), None, 9_000, HOUR),
+            Some(12_600)
         );
     }
 }

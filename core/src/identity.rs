@@ -15,6 +15,9 @@ pub const TAG_CLUSTER: &str = "flightdeck:cluster";
 pub const TAG_OWNER: &str = "flightdeck:owner";
 /// Tag holding the hash of the normalised request parameters.
 pub const TAG_REQUEST: &str = "flightdeck:request";
+/// Tag holding when the cluster's lifetime ends (seconds since the epoch), fixed at create
+/// time: what the request says later cannot move it.
+pub const TAG_EXPIRES: &str = "flightdeck:expires";
 
 /// Longest stack-name prefix.
 pub const MAX_PREFIX_LEN: usize = 16;

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::admission::{Admitted, Refusal};
-use crate::identity::{Identity, create_token, delete_token, hex_md5, update_token};
+use crate::identity::{Identity, TAG_EXPIRES, create_token, delete_token, hex_md5, update_token};
 use crate::key::{ClusterKey, Mistake, Suffix, mistake_report_key};
 use crate::orphan::OrphanVerdict;
 use crate::report::{ClusterStatus, Phase, created_body, deleted_body, failed_body, rfc3339};
@@ -59,10 +59,24 @@ pub struct Observed {
     /// Admission of a valid request under the policy and the user's other clusters; `None`
     /// when there is nothing to admit or no policy to admit by.
     pub admission: Option<Result<Admitted, Refusal>>,
-    /// How long the cluster may live, when the policy or the request says.
+    /// How long a cluster created now may live, when the policy or the request says; its
+    /// end is fixed in a tag at create time.
     pub lifetime: Option<std::time::Duration>,
+    /// When the running stack's lifetime ends, and whether it may be deleted for it now.
+    pub expiry: Option<Expiry>,
     /// When this was observed, seconds since the epoch.
     pub now: i64,
+}
+
+/// The end of a running stack's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// When it ends, seconds since the epoch ([`crate::admission::lifetime_end`]).
+    pub end: i64,
+    /// Whether a cluster past its end may be deleted in this look: only in a full pass
+    /// that would not expire more clusters than allowed at once, with a clock that agrees
+    /// with AWS's. Otherwise it keeps running until one that may.
+    pub may_delete: bool,
 }
 
 /// What the planner needs besides the observation: the install's settings.
@@ -317,6 +331,30 @@ fn decide(
     let key = &obs.key;
     let name = ctx.identity.stack_name(key);
     let had = |s: Suffix| obs.markers.contains_key(&s);
+    // A lifetime that ended comes before anything the files say: a request made invalid,
+    // refused or removed since must not keep a cluster alive.
+    if let (Some(s), Some(expiry)) = (stack, obs.expiry)
+        && expiry.may_delete
+        && obs.now >= expiry.end
+        && !matches!(desire, Desire::Delete)
+        && !matches!(s.phase(), StackPhase::Deleting)
+    {
+        // Deleted exactly as if the user had written .cf-delete.
+        return Decision {
+            request_delete: true,
+            soon: true,
+            ..Decision::report(status(
+                key,
+                Phase::Deleting,
+                &format!(
+                    "the cluster's lifetime ended at {}: deleting it",
+                    rfc3339(expiry.end)
+                ),
+                Some(s),
+                None,
+            ))
+        };
+    }
     match (desire, stack.map(|s| (s, s.phase()))) {
         // .cf-delete present, no stack: report deleted, remove the request files.
         (Desire::Delete, None) => Decision {
@@ -408,9 +446,16 @@ fn decide(
             },
             None,
         ) => {
+            let mut tags = ctx.identity.tags(key, &request.hash);
+            if let Some(lifetime) = obs.lifetime {
+                let end = obs
+                    .now
+                    .saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX));
+                tags.insert(TAG_EXPIRES.to_owned(), end.to_string());
+            }
             let spec = StackSpec {
                 parameters: ctx.rules.stack_parameters(request, key),
-                tags: ctx.identity.tags(key, &request.hash),
+                tags,
                 token: create_token(&name, &request.hash, &modified.to_string()),
                 name: name.clone(),
             };
@@ -537,7 +582,7 @@ fn decide(
                     stack: Some(Action::UpdateStack(StackSpec {
                         name: s.name.clone(),
                         parameters: wanted,
-                        tags: ctx.identity.tags(key, &request.hash),
+                        tags: kept_end(ctx.identity.tags(key, &request.hash), s),
                         token: update_token(&s.id, &request.hash, &modified.to_string()),
                     })),
                     failed: Want::Absent,
@@ -681,31 +726,17 @@ fn orphan(key: &ClusterKey, s: &StackView, phase: StackPhase, verdict: OrphanVer
     }
 }
 
+/// The tags of an update: the request's, and the end of the lifetime fixed at create time.
+fn kept_end(mut tags: BTreeMap<String, String>, s: &StackView) -> BTreeMap<String, String> {
+    if let Some(end) = s.tags.get(TAG_EXPIRES) {
+        tags.insert(TAG_EXPIRES.to_owned(), end.clone());
+    }
+    tags
+}
+
 fn ready(obs: &Observed, ctx: &Context<'_>, s: &StackView, etag: &str) -> Decision {
     let key = &obs.key;
-    let expiry = obs.lifetime.map(|l| {
-        s.created
-            .saturating_add(i64::try_from(l.as_secs()).unwrap_or(i64::MAX))
-    });
-    if let Some(end) = expiry
-        && obs.now >= end
-    {
-        // The lifetime ended: delete exactly as if the user had written .cf-delete.
-        return Decision {
-            request_delete: true,
-            soon: true,
-            ..Decision::report(status(
-                key,
-                Phase::Deleting,
-                &format!(
-                    "the cluster's lifetime ended at {}: deleting it",
-                    rfc3339(end)
-                ),
-                Some(s),
-                Some(etag),
-            ))
-        };
-    }
+    let expiry = obs.expiry.map(|e| e.end);
     let warn = expiry
         .filter(|end| {
             obs.now

@@ -81,6 +81,14 @@ fn stack(status: &str, request: &Request) -> StackView {
     }
 }
 
+/// A running stack's lifetime that ends at `end` and may be acted on.
+fn ends(end: i64) -> Option<crate::plan::Expiry> {
+    Some(crate::plan::Expiry {
+        end,
+        may_delete: true,
+    })
+}
+
 fn base() -> Observed {
     Observed {
         key: key(),
@@ -92,6 +100,7 @@ fn base() -> Observed {
         orphan: OrphanVerdict::NotJudged,
         admission: None,
         lifetime: None,
+        expiry: None,
         now: 1_000,
     }
 }
@@ -220,7 +229,7 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
             Observed {
                 request: valid(s.clone()),
                 stack: Some(stack("CREATE_COMPLETE", &s)),
-                lifetime: Some(DAY),
+                expiry: ends(100 + 86_400),
                 now: 100 + 86_400,
                 ..o()
             },
@@ -231,7 +240,7 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
             Observed {
                 request: valid(s.clone()),
                 stack: Some(stack("CREATE_COMPLETE", &s)),
-                lifetime: Some(DAY),
+                expiry: ends(100 + 86_400),
                 now: 100 + 86_400 - 1800,
                 ..o()
             },
@@ -247,7 +256,7 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
             Observed {
                 request: valid(s.clone()),
                 stack: Some(stack("CREATE_COMPLETE", &s)),
-                lifetime: Some(DAY),
+                expiry: ends(100 + 86_400),
                 now: 100 + 3600,
                 ..o()
             },
@@ -788,7 +797,7 @@ fn ready_marker_and_status_carry_the_login_address() {
         &Observed {
             request: valid(s.clone()),
             stack: Some(stack("CREATE_COMPLETE", &s)),
-            lifetime: Some(DAY),
+            expiry: ends(100 + 86_400),
             ..base()
         },
         &w.ctx(),
@@ -897,4 +906,94 @@ fn the_phase_is_reported_beside_the_actions() {
     assert_eq!(ready.phase, Some(Phase::Ready));
     let nothing = plan_with_phase(&base(), &w.ctx());
     assert_eq!(nothing.phase, None);
+}
+
+#[test]
+fn a_running_cluster_made_invalid_or_refused_still_expires() {
+    let w = World::new();
+    let s = seed();
+    for (name, request) in [
+        ("invalid", invalid()),
+        (
+            "refused change",
+            valid(changed("MasterInstanceType", "c5.large")),
+        ),
+        ("absent", RequestState::Absent),
+    ] {
+        let got = plan(
+            &Observed {
+                request,
+                stack: Some(stack("CREATE_COMPLETE", &s)),
+                expiry: ends(5_000),
+                now: 5_000,
+                ..base()
+            },
+            &w.ctx(),
+        );
+        assert!(
+            summary(&got).contains(&"put x.cf-delete".to_owned()),
+            "{name}: {:?}",
+            summary(&got)
+        );
+    }
+}
+
+#[test]
+fn an_expiry_held_back_deletes_nothing() {
+    let w = World::new();
+    let s = seed();
+    let got = plan(
+        &Observed {
+            request: valid(s.clone()),
+            stack: Some(stack("CREATE_COMPLETE", &s)),
+            expiry: Some(crate::plan::Expiry {
+                end: 5_000,
+                may_delete: false,
+            }),
+            now: 6_000,
+            ..base()
+        },
+        &w.ctx(),
+    );
+    assert!(
+        !summary(&got).iter().any(|a| a.contains("cf-delete")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn the_end_is_fixed_in_a_tag_at_create_and_kept_by_updates() {
+    let w = World::new();
+    let s = seed();
+    let created = plan(
+        &Observed {
+            request: valid(s.clone()),
+            lifetime: Some(DAY),
+            now: 1_000,
+            ..base()
+        },
+        &w.ctx(),
+    );
+    let Some(Action::CreateStack(spec)) = created.first() else {
+        panic!("{created:?}")
+    };
+    assert_eq!(spec.tags[crate::identity::TAG_EXPIRES], "87400");
+    let mut running = stack("CREATE_COMPLETE", &s);
+    running
+        .tags
+        .insert(crate::identity::TAG_EXPIRES.into(), "87400".into());
+    let updated = plan(
+        &Observed {
+            request: valid(changed("ComputeMaxNodes", "3")),
+            stack: Some(running),
+            lifetime: Some(DAY * 30),
+            now: 5_000,
+            ..base()
+        },
+        &w.ctx(),
+    );
+    let Some(Action::UpdateStack(spec)) = updated.first() else {
+        panic!("{updated:?}")
+    };
+    assert_eq!(spec.tags[crate::identity::TAG_EXPIRES], "87400");
 }

@@ -67,6 +67,9 @@ impl<T: ObjectStore> ObjectStore for Counted<T> {
         self.count();
         self.inner.delete_if(key, etag).await
     }
+    fn clock_offset(&self) -> Option<i64> {
+        self.inner.clock_offset()
+    }
     async fn put(&self, key: &str, body: &str) -> Result<String, CallError> {
         self.count();
         self.inner.put(key, body).await

@@ -1,8 +1,14 @@
 //! [`ObjectStore`] on S3: the bucket that holds users' requests and flightdeck's markers.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use aws_config::SdkConfig;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef;
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat as Format};
+use aws_smithy_runtime_api::box_error::BoxError;
 use flightdeck_core::snapshot::ObjectMeta;
 
 use super::error::{classify, local};
@@ -20,6 +26,42 @@ const TEXT: &str = "text/plain; charset=utf-8";
 pub struct S3Store {
     client: Client,
     bucket: String,
+    clock: ServerClock,
+}
+
+/// AWS's clock as the `Date` of S3's answers tells it: its offset from this host's, in
+/// seconds, from the latest answer ([`UNKNOWN`] before the first).
+#[derive(Debug, Clone)]
+struct ServerClock(Arc<AtomicI64>);
+
+/// No answer seen yet.
+const UNKNOWN: i64 = i64::MIN;
+
+impl Intercept for ServerClock {
+    fn name(&self) -> &'static str {
+        "ServerClock"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let server = context
+            .response()
+            .headers()
+            .get("date")
+            .and_then(|d| DateTime::from_str(d, Format::HttpDate).ok());
+        if let Some(server) = server {
+            let local = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            self.0
+                .store(server.secs().saturating_sub(local), Ordering::Relaxed);
+        }
+        Ok(())
+    }
 }
 
 impl S3Store {
@@ -27,12 +69,15 @@ impl S3Store {
     /// host name; S3-compatible stores and the local emulator need it (see
     /// [`super::AwsSettings::s3_path_style`]).
     pub fn new(conf: &SdkConfig, bucket: impl Into<String>, path_style: bool) -> S3Store {
+        let clock = ServerClock(Arc::new(AtomicI64::new(UNKNOWN)));
         let conf = aws_sdk_s3::config::Builder::from(conf)
             .force_path_style(path_style)
+            .interceptor(clock.clone())
             .build();
         S3Store {
             client: Client::from_conf(conf),
             bucket: bucket.into(),
+            clock,
         }
     }
 
@@ -194,6 +239,10 @@ impl ObjectStore for S3Store {
             etag: object.e_tag().unwrap_or(etag).to_owned(),
             modified: epoch_seconds(object.last_modified()),
         }))
+    }
+
+    fn clock_offset(&self) -> Option<i64> {
+        Some(self.clock.0.load(Ordering::Relaxed)).filter(|o| *o != UNKNOWN)
     }
 
     async fn delete_if(&self, key: &str, etag: &str) -> Result<bool, CallError> {
