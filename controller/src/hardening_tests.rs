@@ -290,3 +290,75 @@ async fn more_lifetimes_ending_at_once_than_the_cap_expire_none() {
             .contains("flightdeck_expiry_deletions_held_back{reason=\"cap\"} 2")
     );
 }
+
+#[tokio::test]
+async fn forged_cf_created_files_with_no_stack_send_no_email() {
+    let rec = rec();
+    for round in 0..5 {
+        for c in ["ghost", "phantom"] {
+            rec.cloud().store.insert(
+                &format!("home/alice/{c}.cf-created"),
+                format!("198.51.100.{round}\n"),
+            );
+            rec.cloud().store.insert(
+                &format!("home/alice/{c}.cf-status"),
+                format!("{{\"n\": {round}}}"),
+            );
+        }
+        rec.resync(false, None).await.unwrap();
+    }
+    assert_eq!(
+        rec.cloud().mailer.as_ref().unwrap().subjects(),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn a_deletion_flightdeck_saw_is_notified_once() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.cloud().store.insert("home/alice/x.cf-delete", "");
+    for _ in 0..3 {
+        rec.resync(false, None).await.unwrap();
+    }
+    let subjects = rec.cloud().mailer.as_ref().unwrap().subjects();
+    assert_eq!(
+        subjects
+            .iter()
+            .filter(|s| s.ends_with("is deleted"))
+            .count(),
+        1,
+        "{subjects:?}"
+    );
+}
+
+#[tokio::test]
+async fn one_user_cannot_flood_the_operators_with_notices() {
+    let mut settings = super::tests::settings(std::time::Duration::from_secs(600), 5);
+    settings.guards.notices_per_user_hour = 2;
+    let rec = super::tests::rec_with(settings);
+    for c in ["a", "b", "c", "d"] {
+        rec.cloud()
+            .store
+            .insert(&format!("home/alice/{c}.cf-create"), SEED);
+    }
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    assert_eq!(rec.cloud().mailer.as_ref().unwrap().subjects().len(), 2);
+    assert!(
+        rec.metrics()
+            .render()
+            .contains("flightdeck_notifications_total{event=\"ready\",outcome=\"rate_limited\"}")
+    );
+    assert!(
+        rec.cloud()
+            .store
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("flightdeck/outbox/")),
+        "the rest wait in the outbox"
+    );
+}

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use flightdeck_core::key::ClusterKey;
 use flightdeck_core::plan::{Notice, NoticeEvent};
@@ -17,6 +18,9 @@ use tracing::{info, warn};
 
 use crate::ports::{CallError, Instances, Mailer, ObjectStore, StackService};
 use crate::reconcile::Reconciler;
+
+/// How long a record of a sent notice is kept (90 days).
+const RECORDS_KEPT_SECS: i64 = 90 * 24 * 3600;
 
 fn event_label(event: NoticeEvent) -> &'static str {
     match event {
@@ -61,14 +65,23 @@ where
             return Ok(0);
         }
         let prefix = self.notified_prefix();
-        let ids: BTreeSet<String> = self
-            .cloud
-            .store
-            .list(&prefix)
-            .await?
-            .into_iter()
-            .filter_map(|o| o.key.strip_prefix(&prefix).map(str::to_owned))
-            .collect();
+        let records = self.cloud.store.list(&prefix).await?;
+        // Measured against the newest record, in S3's own time: no local clock involved.
+        let oldest = records.iter().map(|r| r.modified).max().unwrap_or(0) - RECORDS_KEPT_SECS;
+        let mut ids = BTreeSet::new();
+        for record in records {
+            if record.modified < oldest {
+                // Ids come from stacks and their events: a record this old can no longer
+                // meet its notice again. Dropping it keeps the records from growing.
+                if let Err(e) = self.cloud.store.delete(&record.key).await {
+                    warn!(error = %e, object = %record.key, "could not remove an old notice record");
+                }
+                continue;
+            }
+            if let Some(id) = record.key.strip_prefix(&prefix) {
+                ids.insert(id.to_owned());
+            }
+        }
         let n = ids.len();
         self.lock_delivered().extend(ids);
         Ok(n)
@@ -100,6 +113,12 @@ where
             return;
         };
         let event = event_label(notice.event);
+        if !self.take_notice_token(&notice.key.user) {
+            // Left in the outbox: it goes out once the user's budget allows.
+            self.metrics.notification(event, "rate_limited");
+            self.outbox_pending.store(true, Ordering::SeqCst);
+            return;
+        }
         let (subject, body) = notice_email(notice);
         let to = notify.recipients(&notice.key.user);
         match mailer.send(&to, &subject, &body).await {
@@ -156,6 +175,27 @@ where
                     let _ = self.cloud.store.delete(&object.key).await;
                 }
             }
+        }
+    }
+
+    /// Takes one notice from `user`'s budget (`notify.per_user_hour`, refilled evenly over
+    /// the hour); `false` when it is spent.
+    fn take_notice_token(&self, user: &str) -> bool {
+        let per_hour = f64::from(self.settings.guards.notices_per_user_hour);
+        let mut budgets = self
+            .notice_budgets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, since) = budgets
+            .entry(user.to_owned())
+            .or_insert((per_hour, Instant::now()));
+        *tokens = (*tokens + since.elapsed().as_secs_f64() * per_hour / 3600.0).min(per_hour);
+        *since = Instant::now();
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 

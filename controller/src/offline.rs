@@ -79,6 +79,7 @@ pub fn validate(
         admission: request.1,
         lifetime: None,
         expiry: None,
+        vanished: None,
         now: 0,
     };
     let ctx = Context {

@@ -115,6 +115,11 @@ pub struct Reconciler<S, C, E, M> {
     /// When this process first saw each stack (by id): a stack first seen past the end of
     /// its lifetime gets a grace.
     first_seen: Mutex<HashMap<String, i64>>,
+    /// The id of each cluster's stack as last seen: when it is gone and CloudFormation
+    /// confirms it deleted, that is a deletion flightdeck observed.
+    seen_stacks: Mutex<HashMap<ClusterKey, String>>,
+    /// Each user's notice budget: tokens left, and when last counted.
+    pub(crate) notice_budgets: Mutex<HashMap<String, (f64, Instant)>>,
     details: Mutex<HashMap<DetailsKey, StackDetails>>,
     orphans: Mutex<OrphanTracker>,
     started: Instant,
@@ -148,6 +153,8 @@ where
             usage_known: std::sync::atomic::AtomicBool::new(false),
             requests: Mutex::default(),
             first_seen: Mutex::default(),
+            seen_stacks: Mutex::default(),
+            notice_budgets: Mutex::default(),
             details: Mutex::default(),
             orphans: Mutex::default(),
             started: Instant::now(),
@@ -444,6 +451,7 @@ where
             Some(s) => Some(self.with_details(s).await?),
             None => None,
         };
+        let vanished = self.vanished(key, stack.as_ref()).await?;
         let now = unix_now();
         let expiry = stack.as_ref().and_then(|s| {
             Some(Expiry {
@@ -465,8 +473,36 @@ where
             },
             admission,
             expiry,
+            vanished,
             now,
         })
+    }
+
+    /// The id of `key`'s stack when flightdeck saw it before, sees none now, and
+    /// CloudFormation confirms it deleted (a look from a stale listing is not a deletion).
+    async fn vanished(
+        &self,
+        key: &ClusterKey,
+        stack: Option<&StackView>,
+    ) -> Result<Option<String>, CallError> {
+        if let Some(s) = stack {
+            self.lock_seen().insert(key.clone(), s.id.clone());
+            return Ok(None);
+        }
+        let Some(id) = self.lock_seen().get(key).cloned() else {
+            return Ok(None);
+        };
+        if self.cloud.stacks.describe(&id).await?.is_some() {
+            return Ok(None);
+        }
+        self.lock_seen().remove(key);
+        Ok(Some(id))
+    }
+
+    fn lock_seen(&self) -> std::sync::MutexGuard<'_, HashMap<ClusterKey, String>> {
+        self.seen_stacks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// When `stack`'s lifetime ends ([`lifetime_end`]), noting when this process first saw
@@ -697,6 +733,8 @@ where
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|id, _| stacks.contains(id.as_str()));
+        let keys = snap.keys();
+        self.lock_seen().retain(|k, _| keys.contains(k));
     }
 
     fn lock_requests(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedRequest>> {

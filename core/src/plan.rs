@@ -64,6 +64,10 @@ pub struct Observed {
     pub lifetime: Option<std::time::Duration>,
     /// When the running stack's lifetime ends, and whether it may be deleted for it now.
     pub expiry: Option<Expiry>,
+    /// The id of this cluster's stack that flightdeck saw and has since seen deleted: the
+    /// only ground for a "deleted" notice (markers in the user's folder are the user's to
+    /// write, and prove nothing).
+    pub vanished: Option<String>,
     /// When this was observed, seconds since the epoch.
     pub now: i64,
 }
@@ -330,7 +334,6 @@ fn decide(
 ) -> Decision {
     let key = &obs.key;
     let name = ctx.identity.stack_name(key);
-    let had = |s: Suffix| obs.markers.contains_key(&s);
     // A lifetime that ended comes before anything the files say: a request made invalid,
     // refused or removed since must not keep a cluster alive.
     if let (Some(s), Some(expiry)) = (stack, obs.expiry)
@@ -362,7 +365,7 @@ fn decide(
             created: Want::Absent,
             failed: Want::Absent,
             remove_requests: true,
-            notify: had(Suffix::Status).then(|| notice(obs, NoticeEvent::Deleted, &name, "")),
+            notify: deleted_notice(obs, &name),
             ..Decision::report(Report::Set(Box::new(deleted_status(key))))
         },
         // .cf-delete present, stack deleting: wait.
@@ -522,7 +525,7 @@ fn decide(
                     &reason,
                     "The cluster runs on its previous settings. Fix the request and write it again.",
                 )),
-                notify: Some(notice(obs, NoticeEvent::Failed, &s.name, &reason)),
+                notify: Some(notice(obs, NoticeEvent::Failed, s, &reason)),
                 ..ready(obs, ctx, s, etag)
             }
         }
@@ -613,7 +616,7 @@ fn decide(
                     "Change the request (or write it again unchanged to retry); flightdeck will replace the failed stack.",
                 )),
                 created: Want::Absent,
-                notify: Some(notice(obs, NoticeEvent::Failed, &s.name, &reason)),
+                notify: Some(notice(obs, NoticeEvent::Failed, s, &reason)),
                 ..Decision::report(status(key, Phase::Failed, &reason, Some(s), Some(etag)))
             }
         }
@@ -639,7 +642,7 @@ fn decide(
             );
             Decision {
                 failed: Want::Body(failed_body(&reason, "")),
-                notify: Some(notice(obs, NoticeEvent::Failed, &s.name, &reason)),
+                notify: Some(notice(obs, NoticeEvent::Failed, s, &reason)),
                 ..Decision::report(status(key, Phase::Failed, &reason, Some(s), Some(etag)))
             }
         }
@@ -668,8 +671,7 @@ fn decide(
                     deleted: Want::Body(deleted_body(key)),
                     created: Want::Absent,
                     failed: Want::Absent,
-                    notify: had(Suffix::Created)
-                        .then(|| notice(obs, NoticeEvent::Deleted, &name, "")),
+                    notify: deleted_notice(obs, &name),
                     ..Decision::report(Report::Set(Box::new(deleted_status(key))))
                 }
             }
@@ -742,7 +744,7 @@ fn ready(obs: &Observed, ctx: &Context<'_>, s: &StackView, etag: &str) -> Decisi
             obs.now
                 >= end.saturating_sub(i64::try_from(ctx.lifetime_warning.as_secs()).unwrap_or(0))
         })
-        .map(|end| notice(obs, NoticeEvent::LifetimeWarning, &s.name, &rfc3339(end)));
+        .map(|end| notice(obs, NoticeEvent::LifetimeWarning, s, &rfc3339(end)));
     match &s.login_ip {
         Some(ip) => {
             let mut st =
@@ -753,7 +755,7 @@ fn ready(obs: &Observed, ctx: &Context<'_>, s: &StackView, etag: &str) -> Decisi
                 created: Want::Body(created_body(key, ip, &s.name)),
                 deleted: Want::Absent,
                 failed: Want::Absent,
-                notify: Some(notice(obs, NoticeEvent::Ready, &s.name, ip)),
+                notify: Some(notice(obs, NoticeEvent::Ready, s, ip)),
                 warn,
                 ..Decision::report(Report::Set(Box::new(st)))
             }
@@ -791,26 +793,41 @@ fn delete_action(key: &ClusterKey, s: &StackView) -> Action {
     }
 }
 
-fn notice(obs: &Observed, event: NoticeEvent, stack: &str, detail: &str) -> Notice {
-    let key = &obs.key;
-    // The request this notice is about; once the request is gone, the markers that
-    // remember it.
-    let basis = match &obs.request {
-        RequestState::Valid { etag, .. } | RequestState::Invalid { etag, .. } => etag.as_str(),
-        RequestState::Absent => obs
-            .markers
-            .get(&Suffix::Created)
-            .or_else(|| obs.markers.get(&Suffix::Status))
-            .map_or("", String::as_str),
+/// A notice about `s`. Its id comes from the stack's identity and the event (for a failure,
+/// the failed operation; for readiness, the request it runs): never from the user's files,
+/// which anyone with write access to the folder can rewrite at will. The same event of the
+/// same stack is delivered once, across restarts.
+fn notice(obs: &Observed, event: NoticeEvent, s: &StackView, detail: &str) -> Notice {
+    let basis = match event {
+        NoticeEvent::Ready => format!("{}\u{0}{}", s.id, tag_hash(s).unwrap_or("")),
+        NoticeEvent::Failed => format!("{}\u{0}{}\u{0}{}", s.id, s.status, s.last_change),
+        NoticeEvent::LifetimeWarning | NoticeEvent::Deleted => s.id.clone(),
     };
+    notice_with_id(obs, event, &s.name, &basis, detail)
+}
+
+/// The "deleted" notice, when flightdeck saw this cluster's stack and then saw it deleted.
+fn deleted_notice(obs: &Observed, stack_name: &str) -> Option<Notice> {
+    let id = obs.vanished.as_deref()?;
+    Some(notice_with_id(
+        obs,
+        NoticeEvent::Deleted,
+        stack_name,
+        id,
+        "",
+    ))
+}
+
+fn notice_with_id(
+    obs: &Observed,
+    event: NoticeEvent,
+    stack: &str,
+    basis: &str,
+    detail: &str,
+) -> Notice {
+    let key = &obs.key;
     let id = crate::identity::hex_sha256(
-        format!(
-            "{}\u{0}{}\u{0}{event:?}\u{0}{}",
-            key.user,
-            key.cluster,
-            unquote(basis)
-        )
-        .as_bytes(),
+        format!("{}\u{0}{}\u{0}{event:?}\u{0}{basis}", key.user, key.cluster).as_bytes(),
     )[..24]
         .to_owned();
     Notice {

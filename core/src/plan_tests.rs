@@ -101,6 +101,7 @@ fn base() -> Observed {
         admission: None,
         lifetime: None,
         expiry: None,
+        vanished: None,
         now: 1_000,
     }
 }
@@ -479,6 +480,7 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
                 Observed {
                     request: valid(s.clone()),
                     delete_requested: true,
+                    vanished: Some("stack-1".into()),
                     ..o()
                 },
                 &[Suffix::Created, Suffix::Status],
@@ -573,7 +575,13 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
         ),
         (
             "no request, no stack, cluster was ready: report it deleted",
-            with_markers(o(), &[Suffix::Created, Suffix::Status]),
+            with_markers(
+                Observed {
+                    vanished: Some("stack-1".into()),
+                    ..o()
+                },
+                &[Suffix::Created, Suffix::Status],
+            ),
             vec![
                 "notify Deleted",
                 "remove x.cf-created",
@@ -856,7 +864,7 @@ fn mistaken_requests_are_explained_once_and_tidied_when_gone() {
 }
 
 #[test]
-fn notice_ids_are_stable_per_request_and_event() {
+fn notice_ids_come_from_the_stack_and_the_event_not_the_users_files() {
     let w = World::new();
     let s = seed();
     let id = |etag: &str, status: &str| {
@@ -881,9 +889,10 @@ fn notice_ids_are_stable_per_request_and_event() {
         id("\"e1\"", "CREATE_COMPLETE"),
         id("\"e1\"", "UPDATE_COMPLETE")
     );
-    assert_ne!(
+    assert_eq!(
         id("\"e1\"", "CREATE_COMPLETE"),
-        id("\"e2\"", "CREATE_COMPLETE")
+        id("\"e2\"", "CREATE_COMPLETE"),
+        "a file written again is no new event"
     );
     assert_ne!(
         id("\"e1\"", "CREATE_COMPLETE"),
@@ -996,4 +1005,27 @@ fn the_end_is_fixed_in_a_tag_at_create_and_kept_by_updates() {
         panic!("{updated:?}")
     };
     assert_eq!(spec.tags[crate::identity::TAG_EXPIRES], "87400");
+}
+
+#[test]
+fn forged_markers_with_no_stack_send_no_notice() {
+    let w = World::new();
+    for request in [RequestState::Absent, valid(seed())] {
+        let delete_requested = matches!(request, RequestState::Valid { .. });
+        let got = plan(
+            &with_markers(
+                Observed {
+                    request,
+                    delete_requested,
+                    ..base()
+                },
+                &[Suffix::Created, Suffix::Status],
+            ),
+            &w.ctx(),
+        );
+        assert!(
+            !got.iter().any(|a| matches!(a, Action::Notify(_))),
+            "{got:?}"
+        );
+    }
 }
