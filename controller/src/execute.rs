@@ -6,7 +6,7 @@
 //! stack's tags before it is deleted, and the cluster's instances that are not stack
 //! resources (compute nodes its scheduler launched), terminated before DeleteStack.
 
-use flightdeck_core::key::ClusterKey;
+use flightdeck_core::key::{ClusterKey, Suffix};
 use flightdeck_core::nodes::{Teardown, plan_teardown};
 use flightdeck_core::plan::{Action, StackSpec};
 use tracing::{error, info, warn};
@@ -50,7 +50,8 @@ where
                     name,
                     id,
                     token,
-                } => self.delete(owner, name, id, token).await,
+                    orphan,
+                } => self.delete(owner, name, id, token, *orphan).await,
                 Action::Notify(notice) => {
                     self.deliver(notice).await;
                     continue;
@@ -216,7 +217,25 @@ where
         name: &str,
         id: &str,
         token: &str,
+        orphan: bool,
     ) -> Result<Flow, CallError> {
+        if orphan {
+            // The orphan was judged from a listing that may be minutes old: a request
+            // written since keeps the cluster.
+            let prefix = key.object_prefix(&self.settings.home_prefix);
+            let create = key.object_key(&self.settings.home_prefix, Suffix::Create);
+            if self
+                .cloud
+                .store
+                .list(&prefix)
+                .await?
+                .iter()
+                .any(|o| o.key == create)
+            {
+                info!(user = %key.user, cluster = %key.cluster, stack = %name, "not deleting the orphan: its request came back");
+                return Ok(Flow::Replan);
+            }
+        }
         let current = self.cloud.stacks.describe(id).await?;
         let Some(stack) = current else {
             info!(stack = %name, "stack already gone");

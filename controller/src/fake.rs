@@ -65,6 +65,10 @@ impl Faults {
     }
 }
 
+/// A user's write that lands just before a call: the operation, the key (or prefix) it is
+/// called on, and the object written with its body.
+type Race = (&'static str, String, String, Vec<u8>);
+
 /// An in-memory bucket. ETags are the MD5 of the content, as S3 gives for single-part puts.
 #[derive(Default)]
 pub struct FakeStore {
@@ -73,7 +77,7 @@ pub struct FakeStore {
     faults: Faults,
     clock: AtomicI64,
     /// Writes a user makes just before the next call of an operation on a key.
-    races: Mutex<Vec<(&'static str, String, Vec<u8>)>>,
+    races: Mutex<Vec<Race>>,
     /// Listings under these prefixes hang (a service that stopped answering).
     hung: Mutex<BTreeSet<String>>,
     /// What `clock_offset` answers: the service's clock minus ours.
@@ -137,7 +141,18 @@ impl FakeStore {
     /// Has a user write `body` to `key` just before the next `operation` call on `key`:
     /// a race between what flightdeck listed and what it does next.
     pub fn race(&self, operation: &'static str, key: &str, body: impl AsRef<[u8]>) {
-        lock(&self.races).push((operation, key.to_owned(), body.as_ref().to_vec()));
+        self.race_on(operation, key, key, body);
+    }
+
+    /// Has a user write `body` to `key` just before the next `operation` call on `on` (a
+    /// key, or the prefix a listing is for).
+    pub fn race_on(&self, operation: &'static str, on: &str, key: &str, body: impl AsRef<[u8]>) {
+        lock(&self.races).push((
+            operation,
+            on.to_owned(),
+            key.to_owned(),
+            body.as_ref().to_vec(),
+        ));
     }
 
     fn record(&self, operation: &'static str, key: &str) -> Result<(), CallError> {
@@ -146,10 +161,10 @@ impl FakeStore {
             let mut races = lock(&self.races);
             races
                 .iter()
-                .position(|(op, k, _)| *op == operation && k == key)
+                .position(|(op, on, _, _)| *op == operation && on == key)
                 .map(|i| races.remove(i))
         };
-        if let Some((_, key, body)) = raced {
+        if let Some((_, _, key, body)) = raced {
             self.insert(&key, body);
         }
         self.faults.check("s3", operation)

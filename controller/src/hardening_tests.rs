@@ -362,3 +362,106 @@ async fn one_user_cannot_flood_the_operators_with_notices() {
         "the rest wait in the outbox"
     );
 }
+
+#[tokio::test]
+async fn thousands_of_one_users_files_do_not_delay_another_users_create() {
+    let rec = rec();
+    for i in 0..2000 {
+        rec.cloud()
+            .store
+            .insert(&format!("home/mallory/c{i}.cf_create"), SEED);
+    }
+    for i in 0..300 {
+        rec.cloud().store.insert(
+            &format!("home/mallory/r{i}.cf-create"),
+            format!("{{\"n\": {i}"),
+        );
+    }
+    rec.cloud().store.insert("home/bob/b.cf-create", SEED);
+    rec.cloud().store.insert(
+        "cust/customizer/bob/configure.d/authorized_keys",
+        "ssh-ed25519 AAAA",
+    );
+    let report = rec.resync(false, None).await.unwrap();
+    assert_eq!(rec.cloud().stacks.names(), ["fd-bob-b"], "in one pass");
+    let calls = rec.cloud().store.calls();
+    let reads = calls
+        .iter()
+        .filter(|c| c.starts_with("GetObject home/mallory/"))
+        .count();
+    assert_eq!(reads, 50, "reconcile.per_user_work requests read");
+    let explained = calls
+        .iter()
+        .filter(|c| {
+            c.starts_with("PutObject home/mallory/c") && c.ends_with(".cf_create.cf-failed")
+        })
+        .count();
+    assert_eq!(explained, 50, "and as many explanations written");
+    assert_eq!(report.outcomes.values().filter(|o| o.deferred).count(), 250);
+
+    // The next passes go on where this one stopped.
+    for _ in 0..5 {
+        rec.resync(false, None).await.unwrap();
+    }
+    assert!(
+        rec.cloud()
+            .store
+            .text("home/mallory/r299.cf-failed")
+            .is_some()
+    );
+    let explained = rec
+        .cloud()
+        .store
+        .keys()
+        .iter()
+        .filter(|k| k.ends_with(".cf_create.cf-failed"))
+        .count();
+    assert_eq!(explained, 6 * 50);
+}
+
+#[tokio::test]
+async fn enrolment_is_asked_once_a_pass_not_once_a_request() {
+    let rec = rec();
+    for i in 0..20 {
+        rec.cloud()
+            .store
+            .insert(&format!("home/carol/c{i}.cf-create"), SEED);
+    }
+    rec.resync(false, None).await.unwrap();
+    let asked = rec
+        .cloud()
+        .customizer
+        .calls()
+        .iter()
+        .filter(|c| c.contains("carol"))
+        .count();
+    assert_eq!(asked, 1);
+    assert!(text(&rec, "home/carol/c7.cf-failed").contains("not enrolled"));
+}
+
+#[tokio::test]
+async fn an_orphan_whose_request_comes_back_during_the_pass_is_not_deleted() {
+    let rec = super::tests::rec_with(super::tests::settings(std::time::Duration::from_secs(1), 5));
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    rec.cloud().store.remove("home/alice/x.cf-create");
+    rec.resync(false, None).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Judged an orphan from the pass's listing; alice writes the request again just before
+    // the delete.
+    rec.cloud().store.race_on(
+        "ListObjectsV2",
+        "home/alice/x.",
+        "home/alice/x.cf-create",
+        SEED,
+    );
+    rec.resync(false, None).await.unwrap();
+    assert_eq!(rec.cloud().stacks.names(), ["fd-alice-x"]);
+    assert!(
+        !rec.cloud()
+            .stacks
+            .mutations()
+            .iter()
+            .any(|m| m.starts_with("DeleteStack"))
+    );
+}

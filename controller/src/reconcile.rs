@@ -2,6 +2,7 @@
 //! single-key look (a requeue, later a hint) reads only that cluster's objects and stack.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,31 @@ pub struct KeyOutcome {
     pub cost: Option<f64>,
     /// Its ComputeMaxNodes, when known.
     pub max_nodes: Option<i64>,
+    /// Not looked at: its user's work for this pass was spent (the next pass goes on).
+    pub deferred: bool,
+}
+
+/// How one cluster is looked at: what the full pass decided for it, if anything.
+#[derive(Clone, Copy)]
+struct Look<'a> {
+    /// The orphan guard's verdict.
+    orphan: OrphanVerdict,
+    /// Whether it may be deleted for its lifetime now.
+    may_expire: bool,
+    /// What is left of its user's request reads for this pass; `None`: no bound.
+    reads: Option<&'a AtomicUsize>,
+}
+
+impl Look<'_> {
+    /// A look at one cluster alone (a hint, a requeue): never deletes an orphan or
+    /// expires, and reads its request whatever other clusters cost.
+    fn single() -> Self {
+        Look {
+            orphan: OrphanVerdict::NotJudged,
+            may_expire: false,
+            reads: None,
+        }
+    }
 }
 
 /// What one full resync came to.
@@ -118,6 +144,8 @@ pub struct Reconciler<S, C, E, M> {
     /// The id of each cluster's stack as last seen: when it is gone and CloudFormation
     /// confirms it deleted, that is a deletion flightdeck observed.
     seen_stacks: Mutex<HashMap<ClusterKey, String>>,
+    /// Whether each user is enrolled, and when that was asked.
+    enrolment: Mutex<HashMap<String, (bool, Instant)>>,
     /// Each user's notice budget: tokens left, and when last counted.
     pub(crate) notice_budgets: Mutex<HashMap<String, (f64, Instant)>>,
     details: Mutex<HashMap<DetailsKey, StackDetails>>,
@@ -155,6 +183,7 @@ where
             first_seen: Mutex::default(),
             seen_stacks: Mutex::default(),
             notice_budgets: Mutex::default(),
+            enrolment: Mutex::default(),
             details: Mutex::default(),
             orphans: Mutex::default(),
             started: Instant::now(),
@@ -246,47 +275,76 @@ where
             .rebuild(&snap.stacks, &self.settings.policy.prices, start);
         self.usage_known
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let outcomes: BTreeMap<ClusterKey, KeyOutcome> = futures::stream::iter(snap.keys())
-            .map(|key| {
-                let files = snap.files.get(&key).cloned().unwrap_or_default();
-                let stack = snap.stacks.get(&key).cloned();
-                let verdict = judgement
-                    .verdicts
-                    .get(&key)
-                    .copied()
-                    .unwrap_or(OrphanVerdict::NotJudged);
-                async move {
+        // One user's clusters are looked at one after another, in one slot of the
+        // `concurrency`: a user with thousands of files cannot hold every slot, and reads at
+        // most `reconcile.per_user_work` requests a pass.
+        let mut by_user: BTreeMap<String, Vec<ClusterKey>> = BTreeMap::new();
+        for key in snap.keys() {
+            by_user.entry(key.user.clone()).or_default().push(key);
+        }
+        let (snap, judgement) = (&snap, &judgement);
+        let outcomes: BTreeMap<ClusterKey, KeyOutcome> = futures::stream::iter(by_user)
+            .map(|(_, keys)| async move {
+                let reads = AtomicUsize::new(self.settings.guards.per_user_work);
+                let mut outcomes = Vec::new();
+                for key in keys {
                     let claimed = match queue {
                         Some(q) => match q.claim(&key) {
                             Some(c) => Some(c),
-                            None => return (key, None),
+                            None => continue,
                         },
                         None => None,
                     };
-                    let outcome = self
-                        .reconcile(&key, files, stack, verdict, may_expire, dry_run)
-                        .await;
+                    let files = snap.files.get(&key).cloned().unwrap_or_default();
+                    let stack = snap.stacks.get(&key).cloned();
+                    let verdict = judgement
+                        .verdicts
+                        .get(&key)
+                        .copied()
+                        .unwrap_or(OrphanVerdict::NotJudged);
+                    let look = Look {
+                        orphan: verdict,
+                        may_expire,
+                        reads: Some(&reads),
+                    };
+                    let outcome = self.reconcile(&key, files, stack, look, dry_run).await;
                     drop(claimed);
-                    (key, Some(outcome))
+                    outcomes.push((key, outcome));
                 }
+                outcomes
             })
             .buffer_unordered(self.settings.concurrency)
-            .filter_map(|(key, outcome)| async move { outcome.map(|o| (key, o)) })
+            .flat_map(futures::stream::iter)
             .collect()
             .await;
-        let mistake_actions = plan_mistakes(&snap.mistaken, &snap.reports);
+        let deferred = outcomes.values().filter(|o| o.deferred).count();
+        if deferred > 0 {
+            warn!(
+                clusters = deferred,
+                per_user = self.settings.guards.per_user_work,
+                "some users' requests were left for the next pass: they changed more than reconcile.per_user_work requests at once"
+            );
+        }
+        let mistake_actions = plan_mistakes(
+            &snap.mistaken,
+            &snap.reports,
+            &self.settings.home_prefix,
+            self.settings.guards.per_user_work,
+        );
         if !dry_run {
-            for action in &mistake_actions {
-                if let Action::Put { key, .. } = action
-                    && let Some(source) = key.strip_suffix(".cf-failed")
-                    && let Some(mistake) = snap.mistaken.get(source)
-                {
-                    self.metrics.mistake(source, mistake.kind());
-                }
-                if let Err(e) = self.execute_write(action).await {
-                    warn!(error = %e, "could not write the explanation of a mistaken request");
-                }
-            }
+            futures::stream::iter(&mistake_actions)
+                .for_each_concurrent(self.settings.concurrency, |action| async move {
+                    if let Action::Put { key, .. } = action
+                        && let Some(source) = key.strip_suffix(".cf-failed")
+                        && let Some(mistake) = snap.mistaken.get(source)
+                    {
+                        self.metrics.mistake(source, mistake.kind());
+                    }
+                    if let Err(e) = self.execute_write(action).await {
+                        warn!(error = %e, "could not write the explanation of a mistaken request");
+                    }
+                })
+                .await;
             self.retry_outbox().await;
             self.flush_ledger().await;
         }
@@ -329,7 +387,7 @@ where
                 );
                 let files = snap.files.get(key).cloned().unwrap_or_default();
                 let stack = snap.stacks.get(key).cloned();
-                self.reconcile(key, files, stack, OrphanVerdict::NotJudged, false, false)
+                self.reconcile(key, files, stack, Look::single(), false)
                     .await
             }
             Err(e) => KeyOutcome {
@@ -344,8 +402,7 @@ where
         key: &ClusterKey,
         files: ClusterFiles,
         stack: Option<StackView>,
-        orphan: OrphanVerdict,
-        may_expire: bool,
+        look: Look<'_>,
         dry_run: bool,
     ) -> KeyOutcome {
         let user_lock = self.user_lock(&key.user);
@@ -361,8 +418,14 @@ where
                 ..KeyOutcome::default()
             };
         }
-        let observed = match self.observe(key, files, stack, orphan, may_expire).await {
-            Ok(o) => o,
+        let observed = match self.observe(key, files, stack, look).await {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                return KeyOutcome {
+                    deferred: true,
+                    ..KeyOutcome::default()
+                };
+            }
             Err(e) => {
                 return KeyOutcome {
                     error: Some(e),
@@ -404,20 +467,19 @@ where
         key: &ClusterKey,
         files: ClusterFiles,
         stack: Option<StackView>,
-        orphan: OrphanVerdict,
-        may_expire: bool,
-    ) -> Result<Observed, CallError> {
+        look: Look<'_>,
+    ) -> Result<Option<Observed>, CallError> {
         let request = match &files.create {
             None => RequestState::Absent,
-            Some(meta) => self.request(key, meta).await?,
+            Some(meta) => match self.request(key, meta, look.reads).await? {
+                Some(r) => r,
+                None => return Ok(None),
+            },
         };
         let creating =
             matches!(request, RequestState::Valid { .. }) && stack.is_none() && !files.delete;
         let enrolled = if creating && self.settings.policy.limits_of(&key.user).require_enrolment {
-            self.cloud
-                .customizer
-                .any_under(&self.settings.enrolment.folder(&key.user))
-                .await?
+            self.enrolled(&key.user).await?
         } else {
             true
         };
@@ -456,17 +518,17 @@ where
         let expiry = stack.as_ref().and_then(|s| {
             Some(Expiry {
                 end: self.lifetime_end(s, now)?,
-                may_delete: may_expire,
+                may_delete: look.may_expire,
             })
         });
-        Ok(Observed {
+        Ok(Some(Observed {
             key: key.clone(),
             request,
             delete_requested: files.delete,
             markers: files.markers,
             stack,
             enrolled,
-            orphan,
+            orphan: look.orphan,
             lifetime: match &request_for_lifetime {
                 Some(r) => lifetime_of(&self.settings.policy, &key.user, r),
                 None => None,
@@ -475,7 +537,32 @@ where
             expiry,
             vanished,
             now,
-        })
+        }))
+    }
+
+    /// Whether `user` is enrolled (their customizer folder has something in it), asked of
+    /// S3 at most once per resync interval per user.
+    async fn enrolled(&self, user: &str) -> Result<bool, CallError> {
+        let fresh = self.settings.resync_interval;
+        if let Some((yes, at)) = self.lock_enrolment().get(user)
+            && at.elapsed() < fresh
+        {
+            return Ok(*yes);
+        }
+        let yes = self
+            .cloud
+            .customizer
+            .any_under(&self.settings.enrolment.folder(user))
+            .await?;
+        self.lock_enrolment()
+            .insert(user.to_owned(), (yes, Instant::now()));
+        Ok(yes)
+    }
+
+    fn lock_enrolment(&self) -> std::sync::MutexGuard<'_, HashMap<String, (bool, Instant)>> {
+        self.enrolment
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The id of `key`'s stack when flightdeck saw it before, sees none now, and
@@ -565,17 +652,27 @@ where
     }
 
     /// The request behind `meta`, from the cache when its ETag is unchanged.
+    /// `None` when it must be read and `reads` (what is left of its user's budget for this
+    /// pass) is spent: it waits for the next pass.
     async fn request(
         &self,
         key: &ClusterKey,
         meta: &flightdeck_core::snapshot::ObjectMeta,
-    ) -> Result<RequestState, CallError> {
+        reads: Option<&AtomicUsize>,
+    ) -> Result<Option<RequestState>, CallError> {
         if let Some(hit) = self
             .lock_requests()
             .get(&meta.key)
             .filter(|c| c.etag == meta.etag && c.modified == meta.modified)
         {
-            return Ok(hit.state.clone());
+            return Ok(Some(hit.state.clone()));
+        }
+        if let Some(left) = reads
+            && left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+        {
+            return Ok(None);
         }
         let mut refused_rule = None;
         let (etag, state) = if meta.size > MAX_REQUEST_BYTES as u64 {
@@ -597,7 +694,7 @@ where
                 .read(&meta.key, &meta.etag, MAX_REQUEST_BYTES)
                 .await?
             {
-                Read::Missing => return Ok(RequestState::Absent),
+                Read::Missing => return Ok(Some(RequestState::Absent)),
                 Read::Changed => {
                     return Err(CallError {
                         service: "s3",
@@ -654,7 +751,7 @@ where
             self.metrics.refused(key, rule, reason);
             self.audit(key, "refuse", rule, reason);
         }
-        Ok(state)
+        Ok(Some(state))
     }
 
     /// The ETag of the request object last read, if any.

@@ -374,6 +374,7 @@ async fn the_executor_rechecks_tags_before_deleting() {
         name: stack.name.clone(),
         id: stack.id.clone(),
         token: "t".into(),
+        orphan: false,
     };
     let outcome = rec
         .execute(&ClusterKey::new("bob", "x").unwrap(), vec![action])
@@ -753,6 +754,7 @@ async fn no_instance_of_a_stack_that_is_not_ours_is_looked_up_or_terminated() {
         name: stack.name.clone(),
         id: stack.id.clone(),
         token: "t".into(),
+        orphan: false,
     };
     let outcome = rec.execute(&bob, vec![action]).await;
     assert!(outcome.error.is_none());

@@ -157,6 +157,9 @@ pub enum Action {
         id: String,
         /// ClientRequestToken.
         token: String,
+        /// The delete is for an orphan (no request): the executor lists the cluster's
+        /// files again right before it, and deletes nothing if a request came back.
+        orphan: bool,
     },
     /// Write an object (a marker or the status) with this body.
     Put {
@@ -398,7 +401,7 @@ fn decide(
                 "deleting the cluster".to_owned()
             };
             Decision {
-                stack: Some(delete_action(key, s)),
+                stack: Some(delete_action(key, s, false)),
                 soon: true,
                 ..Decision::report(status(key, Phase::Deleting, &message, Some(s), None))
             }
@@ -622,7 +625,7 @@ fn decide(
         }
         // Valid request changed (or written again) after a failed create: delete, then recreate.
         (Desire::Exist { etag, .. }, Some((s, StackPhase::CreateFailed))) => Decision {
-            stack: Some(delete_action(key, s)),
+            stack: Some(delete_action(key, s, false)),
             soon: true,
             failed: Want::Absent,
             ..Decision::report(status(
@@ -648,7 +651,7 @@ fn decide(
         }
         // Valid request, replacing a failed stack whose delete failed: retry the delete.
         (Desire::Exist { etag, .. }, Some((s, StackPhase::DeleteFailed))) => Decision {
-            stack: Some(delete_action(key, s)),
+            stack: Some(delete_action(key, s, false)),
             soon: true,
             ..Decision::report(status(
                 key,
@@ -700,7 +703,7 @@ fn orphan(key: &ClusterKey, s: &StackView, phase: StackPhase, verdict: OrphanVer
     match verdict {
         OrphanVerdict::NotJudged => Decision::report(Report::Keep),
         OrphanVerdict::Delete if phase != StackPhase::Busy => Decision {
-            stack: Some(delete_action(key, s)),
+            stack: Some(delete_action(key, s, true)),
             soon: true,
             ..Decision::report(status(
                 key,
@@ -784,12 +787,13 @@ fn running_phase(phase: StackPhase) -> Phase {
     }
 }
 
-fn delete_action(key: &ClusterKey, s: &StackView) -> Action {
+fn delete_action(key: &ClusterKey, s: &StackView, orphan: bool) -> Action {
     Action::DeleteStack {
         key: key.clone(),
         name: s.name.clone(),
         id: s.id.clone(),
         token: delete_token(&s.id, &s.status, &s.last_change.to_string()),
+        orphan,
     }
 }
 
@@ -961,13 +965,27 @@ fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
 
 /// Reports for requests the user got wrong: each mistaken file gets its explanation next
 /// to it (written only when the text differs); an explanation whose file is gone is removed.
+/// At most `per_user` writes and removals for one user's folder: a user with thousands of
+/// such files gets the rest on later passes, and cannot make a pass slow for everyone.
 ///
 /// `mistaken` maps a mistaken file's key to what is wrong with it; `reports` maps each
-/// existing explanation's key to its ETag.
+/// existing explanation's key to its ETag; both keys are under `home_prefix`.
 pub fn plan_mistakes(
     mistaken: &BTreeMap<String, Mistake>,
     reports: &BTreeMap<String, String>,
+    home_prefix: &str,
+    per_user: usize,
 ) -> Vec<Action> {
+    let mut work: BTreeMap<String, usize> = BTreeMap::new();
+    let mut within_budget = |object: &str| {
+        let user = object
+            .strip_prefix(home_prefix)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("");
+        let done = work.entry(user.to_owned()).or_default();
+        *done += 1;
+        *done <= per_user
+    };
     let mut actions = Vec::new();
     for (source, mistake) in mistaken {
         let report = mistake_report_key(source);
@@ -975,13 +993,13 @@ pub fn plan_mistakes(
             &format!("flightdeck did not read `{source}`: {mistake}."),
             "Nothing was created or changed.",
         );
-        if !reports.get(&report).is_some_and(|etag| holds(etag, &body)) {
+        if !reports.get(&report).is_some_and(|etag| holds(etag, &body)) && within_budget(source) {
             actions.push(Action::Put { key: report, body });
         }
     }
     for report in reports.keys() {
         let source = report.strip_suffix(".cf-failed").unwrap_or(report);
-        if !mistaken.contains_key(source) {
+        if !mistaken.contains_key(source) && within_budget(report) {
             actions.push(Action::Remove {
                 key: report.clone(),
                 if_etag: None,

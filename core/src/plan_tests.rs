@@ -846,16 +846,16 @@ fn mistaken_requests_are_explained_once_and_tidied_when_gone() {
         other => panic!("{other:?}"),
     };
     let mistaken = BTreeMap::from([(source.clone(), mistake)]);
-    let first = plan_mistakes(&mistaken, &BTreeMap::new());
+    let first = plan_mistakes(&mistaken, &BTreeMap::new(), "home/", 10);
     let [Action::Put { key, body }] = first.as_slice() else {
         panic!("{first:?}")
     };
     assert_eq!(key, "home/alice/my_cluster.cf-create.cf-failed");
     assert!(body.contains("`my-cluster`"), "{body}");
     let reports = BTreeMap::from([(key.clone(), hex_md5(body.as_bytes()))]);
-    assert_eq!(plan_mistakes(&mistaken, &reports), vec![]);
+    assert_eq!(plan_mistakes(&mistaken, &reports, "home/", 10), vec![]);
     assert_eq!(
-        plan_mistakes(&BTreeMap::new(), &reports),
+        plan_mistakes(&BTreeMap::new(), &reports, "home/", 10),
         vec![Action::Remove {
             key: key.clone(),
             if_etag: None
@@ -1028,4 +1028,27 @@ fn forged_markers_with_no_stack_send_no_notice() {
             "{got:?}"
         );
     }
+}
+
+#[test]
+fn thousands_of_misnamed_files_get_their_explanations_a_few_per_pass() {
+    let mut mistaken = BTreeMap::new();
+    for i in 0..2000 {
+        let source = format!("home/mallory/c{i}.cf_create");
+        let crate::key::KeyKind::Mistaken { mistake, .. } = crate::key::classify("home/", &source)
+        else {
+            panic!("{source}")
+        };
+        mistaken.insert(source, mistake);
+    }
+    let bob = "home/bob/my_x.cf-create".to_owned();
+    let crate::key::KeyKind::Mistaken { mistake, .. } = crate::key::classify("home/", &bob) else {
+        panic!()
+    };
+    mistaken.insert(bob.clone(), mistake);
+    let actions = plan_mistakes(&mistaken, &BTreeMap::new(), "home/", 50);
+    assert_eq!(actions.len(), 51);
+    assert!(actions.iter().any(
+        |a| matches!(a, Action::Put { key, .. } if key == "home/bob/my_x.cf-create.cf-failed")
+    ));
 }
