@@ -26,7 +26,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use flightdeck_core::key::{KeyError, check_user_name};
+use flightdeck_core::key::{KeyError, check_owner_name, check_user_name};
 
 use crate::ports::{CallError, ObjectStore};
 
@@ -71,6 +71,9 @@ pub enum EnrolError {
     /// The user name is not an IAM user name.
     #[error("cannot enrol: {0}")]
     User(#[source] KeyError),
+    /// The user name cannot own a cluster (not a login name, or reserved).
+    #[error("cannot enrol: {0}")]
+    Owner(#[source] flightdeck_core::key::UserNameError),
     /// The user name is the name of the defaults' folder.
     #[error(
         "cannot enrol a user named `{DEFAULT_FOLDER}`: `{prefix}{DEFAULT_FOLDER}/` holds the defaults every node reads"
@@ -276,11 +279,13 @@ pub async fn enrol(store: &impl ObjectStore, e: &Enrolment<'_>) -> Result<Enroll
     if !e.prefix.ends_with('/') {
         return Err(EnrolError::Prefix(e.prefix.to_owned()));
     }
-    if e.user == DEFAULT_FOLDER {
+    if e.user.eq_ignore_ascii_case(DEFAULT_FOLDER) {
         return Err(EnrolError::ReservedUser {
             prefix: e.prefix.to_owned(),
         });
     }
+    // The controller's rule: a user it would refuse must not be enrolled either.
+    check_owner_name(e.user).map_err(EnrolError::Owner)?;
     let keys = authorized_keys(e.ssh_keys)?;
     let defaults = default_files(e.default_dir)?;
 
@@ -782,8 +787,16 @@ mod tests {
             assert!(matches!(err, EnrolError::User(_)), "{user}: {err:?}");
             assert!(err.to_string().contains("IAM user name"));
         }
+        for user in ["jean+luc", "root", "Slurm"] {
+            let e = Enrolment {
+                user,
+                ..alice(&defaults)
+            };
+            let err = enrol(&store, &e).await.unwrap_err();
+            assert!(matches!(err, EnrolError::Owner(_)), "{user}: {err:?}");
+        }
         let e = Enrolment {
-            user: "default",
+            user: "Default",
             ..alice(&defaults)
         };
         let err = enrol(&store, &e).await.unwrap_err();

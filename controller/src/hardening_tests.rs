@@ -465,3 +465,26 @@ async fn an_orphan_whose_request_comes_back_during_the_pass_is_not_deleted() {
             .any(|m| m.starts_with("DeleteStack"))
     );
 }
+
+#[tokio::test]
+async fn a_user_name_cloudformation_would_refuse_gets_a_clear_cf_failed_and_no_stack() {
+    let rec = rec();
+    rec.cloud()
+        .store
+        .insert("home/jean+luc@example.org/x.cf-create", SEED);
+    rec.cloud().store.insert("home/root/x.cf-create", SEED);
+    rec.cloud().store.insert("home/jean luc/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    assert!(rec.cloud().stacks.mutations().is_empty());
+    assert!(
+        text(&rec, "home/jean+luc@example.org/x.cf-failed")
+            .contains("cannot be a login name on a cluster")
+    );
+    assert!(text(&rec, "home/root/x.cf-failed").contains("is reserved"));
+    assert!(
+        rec.metrics()
+            .render()
+            .contains("flightdeck_foreign_folder_objects 1"),
+        "the folder that is no user name is counted"
+    );
+}

@@ -119,6 +119,7 @@ pub struct Metrics {
     orphans_pending: IntGauge,
     held_back: IntGauge,
     expiries_held: IntGaugeVec,
+    foreign_objects: IntGauge,
     guard_trips: IntCounter,
     queue_depth: IntGauge,
     queue_retries: IntCounter,
@@ -265,6 +266,11 @@ impl Metrics {
                 "Clusters past the end of their lifetime that the last pass did not delete, by why (clock_skew, cap).",
                 &["reason"],
             ),
+            foreign_objects: gauge(
+                &r,
+                "flightdeck_foreign_folder_objects",
+                "Objects in folders under the home prefix that are not named after a user, and so not read.",
+            ),
             guard_trips,
             queue_depth: gauge(
                 &r,
@@ -368,6 +374,11 @@ impl Metrics {
     }
 
     /// Whether the per-user series are on.
+    /// Objects in home folders that are no user's.
+    pub fn foreign_objects(&self, count: i64) {
+        self.foreign_objects.set(count);
+    }
+
     /// How many clusters past their end the last pass held back, and why (`None`: none).
     pub fn expiries_held_back(&self, count: i64, reason: Option<&'static str>) {
         for r in ["clock_skew", "cap"] {

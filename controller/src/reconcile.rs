@@ -144,6 +144,8 @@ pub struct Reconciler<S, C, E, M> {
     /// The id of each cluster's stack as last seen: when it is gone and CloudFormation
     /// confirms it deleted, that is a deletion flightdeck observed.
     seen_stacks: Mutex<HashMap<ClusterKey, String>>,
+    /// Home folders that are no user name, already logged.
+    foreign_told: Mutex<BTreeSet<String>>,
     /// Whether each user is enrolled, and when that was asked.
     enrolment: Mutex<HashMap<String, (bool, Instant)>>,
     /// Each user's notice budget: tokens left, and when last counted.
@@ -184,6 +186,7 @@ where
             seen_stacks: Mutex::default(),
             notice_budgets: Mutex::default(),
             enrolment: Mutex::default(),
+            foreign_told: Mutex::default(),
             details: Mutex::default(),
             orphans: Mutex::default(),
             started: Instant::now(),
@@ -253,6 +256,7 @@ where
             objects,
             stacks,
         );
+        self.report_foreign_folders(&snap);
         for d in &snap.duplicates {
             warn!(stack = %d.name, "a second stack of ours claims the same cluster; it is left alone");
         }
@@ -538,6 +542,27 @@ where
             vanished,
             now,
         }))
+    }
+
+    /// Counts the objects in home folders that are not user names, and logs each such
+    /// folder the first time this process sees it.
+    fn report_foreign_folders(&self, snap: &Snapshot) {
+        let total: usize = snap.foreign_folders.values().sum();
+        self.metrics
+            .foreign_objects(i64::try_from(total).unwrap_or(i64::MAX));
+        let mut told = self
+            .foreign_told
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (folder, objects) in &snap.foreign_folders {
+            if told.insert(folder.clone()) {
+                warn!(
+                    folder = %format!("{}{folder}/", self.settings.home_prefix),
+                    objects,
+                    "a folder under the home prefix is not named after an IAM user: nothing in it is read; move its files to the user's own folder"
+                );
+            }
+        }
     }
 
     /// Whether `user` is enrolled (their customizer folder has something in it), asked of

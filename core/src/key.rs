@@ -142,6 +142,96 @@ pub fn check_user_name(user: &str) -> Result<(), KeyError> {
     }
 }
 
+/// The login-name rule every node applies to the cluster owner's account, exactly as the
+/// template's `AccessUsername` AllowedPattern and `10-access-user.sh` write it (a test
+/// checks that they agree).
+pub const LOGIN_NAME_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$";
+
+/// User names that can never own a cluster, whatever their case: the customizer's folder of
+/// defaults, and accounts the nodes already have (the owner's account would be theirs, and
+/// with it their files and keys).
+pub const RESERVED_USER_NAMES: &[&str] = &[
+    "default",
+    "root",
+    "admin",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "nobody",
+    "_apt",
+    "messagebus",
+    "sshd",
+    "systemd-network",
+    "systemd-resolve",
+    "systemd-timesync",
+    "polkitd",
+    "debian",
+    "ubuntu",
+    "ec2-user",
+    "slurm",
+    "munge",
+    "statd",
+    "_rpc",
+    "chrony",
+];
+
+/// Why a user name (an IAM user name, the folder under the home prefix) cannot own a
+/// cluster. The message says what an administrator must do: the user cannot fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserNameError {
+    /// Not an IAM user name at all.
+    #[error("{0}")]
+    NotIam(KeyError),
+    /// An IAM user name that is not a login name on the nodes.
+    #[error(
+        "the user name `{0}` cannot be a login name on a cluster: it must be 1 to 32 of letters, digits, `_`, `.` and `-`, not starting with `.` or `-`; ask your HPC administrators for an IAM user name that is"
+    )]
+    NotLogin(String),
+    /// A name the nodes or the customizer bucket already use.
+    #[error(
+        "the user name `{0}` is reserved (an account every node already has, or the customizer's folder of defaults); ask your HPC administrators for another IAM user name"
+    )]
+    Reserved(String),
+}
+
+/// The one rule for a user who may own clusters: an IAM user name ([`check_user_name`]),
+/// a login name by [`LOGIN_NAME_PATTERN`], and none of [`RESERVED_USER_NAMES`]. Applied by
+/// enrolment, and by the controller before any CreateStack.
+///
+/// # Errors
+/// [`UserNameError`] saying which part of the rule is broken.
+pub fn check_owner_name(user: &str) -> Result<(), UserNameError> {
+    check_user_name(user).map_err(UserNameError::NotIam)?;
+    let mut bytes = user.bytes();
+    let login = user.len() <= 32
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !login {
+        return Err(UserNameError::NotLogin(user.to_owned()));
+    }
+    if RESERVED_USER_NAMES
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(user))
+    {
+        return Err(UserNameError::Reserved(user.to_owned()));
+    }
+    Ok(())
+}
+
 /// Checks a cluster name: `[a-zA-Z0-9][-a-zA-Z0-9]*`, at most [`MAX_CLUSTER_LEN`].
 ///
 /// # Errors
@@ -474,5 +564,44 @@ mod tests {
         ] {
             assert!(check_cluster_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn one_user_name_rule_for_enrolment_the_controller_and_the_template() {
+        for ok in ["alice", "jean.luc", "bob_2", "Alice", "x"] {
+            assert_eq!(check_owner_name(ok), Ok(()), "{ok}");
+        }
+        for (name, kind) in [
+            ("jean+luc", "login"),
+            ("a@b.org", "login"),
+            (".hidden", "login"),
+            ("-dash", "login"),
+            ("a234567890123456789012345678901234", "login"),
+            ("default", "reserved"),
+            ("Default", "reserved"),
+            ("root", "reserved"),
+            ("slurm", "reserved"),
+            ("munge", "reserved"),
+            ("", "iam"),
+            ("al ice", "iam"),
+        ] {
+            let got = check_owner_name(name).unwrap_err();
+            let found = match got {
+                UserNameError::NotIam(_) => "iam",
+                UserNameError::NotLogin(_) => "login",
+                UserNameError::Reserved(_) => "reserved",
+            };
+            assert_eq!(found, kind, "{name}");
+        }
+        let template = include_str!("../../templates/cluster.yaml");
+        assert!(
+            template.contains(&format!("AllowedPattern: \"{LOGIN_NAME_PATTERN}\"")),
+            "the template's AccessUsername pattern differs from the controller's"
+        );
+        let script = include_str!("../../customizer/default/configure.d/10-access-user.sh");
+        assert!(
+            script.contains(&format!("[[ $user =~ {LOGIN_NAME_PATTERN} ]]")),
+            "10-access-user.sh's pattern differs from the controller's"
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::admission::{Admitted, Refusal};
 use crate::identity::{Identity, TAG_EXPIRES, create_token, delete_token, hex_md5, update_token};
-use crate::key::{ClusterKey, Mistake, Suffix, mistake_report_key};
+use crate::key::{ClusterKey, Mistake, Suffix, check_owner_name, mistake_report_key};
 use crate::orphan::OrphanVerdict;
 use crate::report::{ClusterStatus, Phase, created_body, deleted_body, failed_body, rfc3339};
 use crate::request::{Request, RequestRules};
@@ -280,6 +280,17 @@ pub fn plan_with_phase(obs: &Observed, ctx: &Context<'_>) -> Planned {
             reason: reason.clone(),
             etag,
         },
+        (RequestState::Valid { etag, .. }, false)
+            if stack.is_none() && check_owner_name(&obs.key.user).is_err() =>
+        {
+            Desire::Refused {
+                reason: check_owner_name(&obs.key.user)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
+                etag,
+            }
+        }
         (RequestState::Valid { etag, .. }, false) if stack.is_none() && !obs.enrolled => {
             Desire::Refused {
                 reason: format!(

@@ -1052,3 +1052,24 @@ fn thousands_of_misnamed_files_get_their_explanations_a_few_per_pass() {
         |a| matches!(a, Action::Put { key, .. } if key == "home/bob/my_x.cf-create.cf-failed")
     ));
 }
+
+#[test]
+fn a_user_name_that_cannot_log_in_is_refused_before_createstack() {
+    let w = World::new();
+    for user in ["jean+luc", "root", "default"] {
+        let got = plan(
+            &Observed {
+                key: ClusterKey::new(user, "x").unwrap(),
+                request: valid(seed()),
+                ..base()
+            },
+            &w.ctx(),
+        );
+        assert!(
+            !got.iter().any(|a| matches!(a, Action::CreateStack(_))),
+            "{user}: {got:?}"
+        );
+        let body = body_of(&got, ".cf-failed");
+        assert!(body.contains("ask your HPC administrators"), "{body}");
+    }
+}

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::identity::Identity;
-use crate::key::{ClusterKey, KeyKind, Mistake, Suffix, classify};
+use crate::key::{ClusterKey, KeyKind, Mistake, Suffix, check_user_name, classify};
 use crate::stack::{StackPhase, StackView};
 
 /// An object as a listing reports it.
@@ -46,6 +46,9 @@ pub struct Snapshot {
     pub mistaken: BTreeMap<String, Mistake>,
     /// flightdeck's explanations of mistaken files, with their ETags.
     pub reports: BTreeMap<String, String>,
+    /// Folders under the home prefix whose name is not a user name (so no user's), with
+    /// how many objects each holds: nothing in them is read, and the operator is told.
+    pub foreign_folders: BTreeMap<String, usize>,
 }
 
 impl Snapshot {
@@ -76,7 +79,16 @@ impl Snapshot {
                 KeyKind::MistakeReport { .. } => {
                     snap.reports.insert(object.key, object.etag);
                 }
-                KeyKind::Other => {}
+                KeyKind::Other => {
+                    if let Some((folder, _)) = object
+                        .key
+                        .strip_prefix(home_prefix)
+                        .and_then(|rest| rest.split_once('/'))
+                        && check_user_name(folder).is_err()
+                    {
+                        *snap.foreign_folders.entry(folder.to_owned()).or_default() += 1;
+                    }
+                }
             }
         }
         for stack in stacks {
@@ -202,6 +214,25 @@ mod tests {
             ["home/alice/my_c.cf-create"]
         );
         assert_eq!(snap.reports.len(), 1);
+    }
+
+    #[test]
+    fn folders_that_are_no_user_name_are_counted_not_silently_ignored() {
+        let snap = Snapshot::build(
+            "home/",
+            &id(),
+            [
+                obj("home/jean luc/x.cf-create"),
+                obj("home/jean luc/notes"),
+                obj("home/alice/x.cf-create"),
+                obj("home/top-level-file"),
+            ],
+            [],
+        );
+        assert_eq!(
+            snap.foreign_folders,
+            BTreeMap::from([("jean luc".to_owned(), 2)])
+        );
     }
 
     #[test]
