@@ -75,6 +75,7 @@ where
                 };
                 if let Some((outcome, message)) = audited {
                     self.audit(key, kind, outcome, &message);
+                    self.flush_ledger().await;
                 }
             }
             match result {
@@ -138,6 +139,7 @@ where
     }
 
     async fn create(&self, key: &ClusterKey, spec: &StackSpec) -> Result<Flow, CallError> {
+        self.ahead(key, "create_stack", &spec.name).await?;
         match self
             .cloud
             .stacks
@@ -182,6 +184,7 @@ where
     }
 
     async fn update(&self, key: &ClusterKey, spec: &StackSpec) -> Result<Flow, CallError> {
+        self.ahead(key, "update_stack", &spec.name).await?;
         match self
             .cloud
             .stacks
@@ -248,6 +251,7 @@ where
         if !self.instances_gone(key, &stack.name).await? {
             return Ok(Flow::Later);
         }
+        self.ahead(key, "delete_stack", name).await?;
         self.cloud.stacks.delete(id, token).await?;
         self.lock_usage().remove(key);
         info!(user = %key.user, cluster = %key.cluster, stack = %name, "stack delete started");
@@ -266,8 +270,9 @@ where
                 Ok(false)
             }
             Teardown::Terminate { ids } => {
-                let result = self.cloud.instances.terminate(&ids).await;
                 let message = format!("{name}: {}", ids.join(" "));
+                self.ahead(key, TERMINATE_NODES, &message).await?;
+                let result = self.cloud.instances.terminate(&ids).await;
                 match &result {
                     Ok(()) => {
                         info!(user = %key.user, cluster = %key.cluster, stack = %name, count = ids.len(), "terminating the cluster's instances before deleting the stack");
@@ -280,6 +285,7 @@ where
                         self.audit(key, TERMINATE_NODES, "error", &format!("{message}: {e}"));
                     }
                 }
+                self.flush_ledger().await;
                 result.map(|()| false)
             }
         }
@@ -299,6 +305,22 @@ where
             error!(user = %key.user, cluster = %key.cluster, error = %e, "CloudFormation refused a call for a reason the user cannot fix (template, stack role, capabilities or a fixed parameter); retrying with backoff");
         }
         e
+    }
+
+    /// Writes the ledger line of an action on `what` ahead of making it: an action the
+    /// ledger cannot record is not made (it waits, as after a failed call).
+    async fn ahead(&self, key: &ClusterKey, action: &str, what: &str) -> Result<(), CallError> {
+        self.audit(key, action, "started", what);
+        if self.flush_ledger().await {
+            return Ok(());
+        }
+        Err(CallError {
+            service: "s3",
+            operation: "PutObject",
+            kind: ErrorKind::Transient,
+            code: None,
+            message: format!("the audit ledger could not be written, so {action} of {what} waits"),
+        })
     }
 
     /// Audits an action on a user's request file.

@@ -488,3 +488,36 @@ async fn a_user_name_cloudformation_would_refuse_gets_a_clear_cf_failed_and_no_s
         "the folder that is no user name is counted"
     );
 }
+
+#[tokio::test]
+async fn a_crash_after_a_stack_action_cannot_lose_its_ledger_line() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    // The ledger cannot be written: the stack is not created either.
+    rec.cloud()
+        .store
+        .fail("PutObject", crate::ports::ErrorKind::Transient, 1);
+    let report = rec.resync(false, None).await.unwrap();
+    assert!(report.outcomes.values().next().unwrap().error.is_some());
+    assert!(rec.cloud().stacks.names().is_empty());
+
+    rec.resync(false, None).await.unwrap();
+    assert_eq!(rec.cloud().stacks.names(), ["fd-alice-x"]);
+    // The line written ahead of CreateStack, then its outcome.
+    let calls = rec.cloud().store.calls();
+    let ledger: Vec<String> = rec
+        .cloud()
+        .store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("flightdeck/ledger/"))
+        .map(|k| text(&rec, &k))
+        .collect();
+    let started = ledger
+        .iter()
+        .any(|l| l.contains("\"create_stack\"") && l.contains("\"started\""));
+    let done = ledger
+        .iter()
+        .any(|l| l.contains("\"create_stack\"") && l.contains("\"ok\""));
+    assert!(started && done, "{ledger:?} {calls:?}");
+}

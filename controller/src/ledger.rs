@@ -1,7 +1,9 @@
 //! The audit ledger: every stack action and every refusal, one JSON line each, under the
 //! controller's own prefix (`<controller_prefix>ledger/<date>/…jsonl`), which the user IAM
-//! policy does not grant. Lines are gathered per cluster look and written as a new object
-//! that may not overwrite another (`If-None-Match: *`), so the ledger is never rewritten.
+//! policy does not grant. Each line is written as a new object that may not overwrite
+//! another (`If-None-Match: *`), so the ledger is never rewritten. A stack action is written
+//! ahead (`started`) and is not made unless that line is in S3; its outcome is written
+//! right after it: a crash loses no action from the ledger.
 
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -37,12 +39,12 @@ where
         self.lock_ledger().push(line.to_string());
     }
 
-    /// Writes the lines gathered so far as a new ledger object. On failure they are kept
-    /// for the next flush.
-    pub(crate) async fn flush_ledger(&self) {
+    /// Writes the lines gathered so far as a new ledger object; returns whether every line
+    /// is written. On failure they are kept for the next flush.
+    pub(crate) async fn flush_ledger(&self) -> bool {
         let lines = std::mem::take(&mut *self.lock_ledger());
         if lines.is_empty() {
-            return;
+            return true;
         }
         let (secs, millis) = now();
         let seq = self.ledger_seq.fetch_add(1, Ordering::SeqCst);
@@ -63,7 +65,9 @@ where
             let later = std::mem::take(&mut *pending);
             *pending = lines;
             pending.extend(later);
+            return false;
         }
+        true
     }
 
     fn lock_ledger(&self) -> std::sync::MutexGuard<'_, Vec<String>> {

@@ -685,13 +685,13 @@ async fn a_delete_terminates_the_clusters_nodes_first_and_deletes_the_stack_only
         .collect();
     assert_eq!(
         ledger.matches("\"action\":\"terminate_nodes\"").count(),
-        1,
-        "{ledger}"
+        2,
+        "written ahead, then its outcome: {ledger}"
     );
     assert_eq!(
         ledger.matches("\"action\":\"delete_stack\"").count(),
-        1,
-        "the delete is audited once, when it is made: {ledger}"
+        2,
+        "the delete is audited once, when it is made (ahead, then its outcome): {ledger}"
     );
 }
 
