@@ -107,7 +107,8 @@ where
     /// Carries out a `Put` or a `Remove`, and counts it.
     pub(crate) async fn execute_write(&self, action: &Action) -> Result<(), CallError> {
         let result = match action {
-            Action::Put { key, body } => self.cloud.store.put(key, body).await.map(|_| {
+            Action::Put { key, body } => self.cloud.store.put(key, body).await.map(|etag| {
+                self.wrote(key, body, etag);
                 info!(object = %key, "wrote");
                 if key.ends_with(".cf-delete") {
                     self.audit_object(key, "request_delete", "the cluster's lifetime ended");

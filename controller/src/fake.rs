@@ -84,6 +84,8 @@ pub struct FakeStore {
     pub offset: AtomicI64,
     /// `clock_offset` answers `None` (no answer seen yet).
     pub clock_unknown: std::sync::atomic::AtomicBool,
+    /// ETags are not the MD5 of the content (as with SSE-KMS).
+    pub opaque_etags: std::sync::atomic::AtomicBool,
 }
 
 impl FakeStore {
@@ -131,6 +133,16 @@ impl FakeStore {
     /// Makes the next `times` calls of `operation` fail with `kind`.
     pub fn fail(&self, operation: &'static str, kind: ErrorKind, times: u32) {
         self.faults.insert(operation, kind, times, None);
+    }
+
+    /// The ETag S3 would give `body`: its MD5, or with [`Self::opaque_etags`] something
+    /// else of the same shape.
+    fn etag_of(&self, body: &[u8]) -> String {
+        if self.opaque_etags.load(Ordering::SeqCst) {
+            flightdeck_core::identity::hex_sha256(body)[..32].to_owned()
+        } else {
+            hex_md5(body)
+        }
     }
 
     /// Makes every listing of `prefix` hang until the test's (paused) clock runs out.
@@ -182,7 +194,7 @@ impl ObjectStore for FakeStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, (body, t))| ObjectMeta {
                 key: k.clone(),
-                etag: format!("\"{}\"", hex_md5(body)),
+                etag: format!("\"{}\"", self.etag_of(body)),
                 modified: *t,
                 size: body.len() as u64,
             })
@@ -197,7 +209,7 @@ impl ObjectStore for FakeStore {
     async fn get(&self, key: &str) -> Result<Option<Fetched>, CallError> {
         self.record("GetObject", key)?;
         Ok(lock(&self.objects).get(key).map(|(body, t)| Fetched {
-            etag: format!("\"{}\"", hex_md5(body)),
+            etag: format!("\"{}\"", self.etag_of(body)),
             body: body.clone(),
             modified: *t,
         }))
@@ -209,7 +221,7 @@ impl ObjectStore for FakeStore {
         let Some((body, t)) = objects.get(key) else {
             return Ok(Read::Missing);
         };
-        let current = hex_md5(body);
+        let current = self.etag_of(body);
         if current != etag.trim_matches('"') {
             return Ok(Read::Changed);
         }
@@ -234,7 +246,7 @@ impl ObjectStore for FakeStore {
         let mut objects = lock(&self.objects);
         if objects
             .get(key)
-            .is_some_and(|(body, _)| hex_md5(body) == etag.trim_matches('"'))
+            .is_some_and(|(body, _)| self.etag_of(body) == etag.trim_matches('"'))
         {
             objects.remove(key);
             return Ok(true);
@@ -245,7 +257,7 @@ impl ObjectStore for FakeStore {
     async fn put(&self, key: &str, body: &str) -> Result<String, CallError> {
         self.record("PutObject", key)?;
         self.insert(key, body);
-        Ok(format!("\"{}\"", hex_md5(body.as_bytes())))
+        Ok(format!("\"{}\"", self.etag_of(body.as_bytes())))
     }
 
     async fn delete(&self, key: &str) -> Result<(), CallError> {

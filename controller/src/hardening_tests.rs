@@ -521,3 +521,25 @@ async fn a_crash_after_a_stack_action_cannot_lose_its_ledger_line() {
         .any(|l| l.contains("\"create_stack\"") && l.contains("\"ok\""));
     assert!(started && done, "{ledger:?} {calls:?}");
 }
+
+#[tokio::test]
+async fn a_bucket_whose_etags_are_not_md5s_does_not_make_every_pass_rewrite_every_marker() {
+    let rec = rec();
+    rec.cloud()
+        .store
+        .opaque_etags
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.cloud().store.insert("home/alice/sub/y.cf-create", SEED);
+    for _ in 0..3 {
+        rec.resync(false, None).await.unwrap();
+    }
+    assert_eq!(phase(&rec, "home/alice/x.cf-status"), "Ready");
+    rec.cloud().store.clear_calls();
+    rec.resync(false, None).await.unwrap();
+    assert_eq!(
+        rec.cloud().store.writes(),
+        Vec::<String>::new(),
+        "a quiet pass writes nothing"
+    );
+}

@@ -144,6 +144,10 @@ pub struct Reconciler<S, C, E, M> {
     /// The id of each cluster's stack as last seen: when it is gone and CloudFormation
     /// confirms it deleted, that is a deletion flightdeck observed.
     seen_stacks: Mutex<HashMap<ClusterKey, String>>,
+    /// What this process last wrote to each object: the ETag S3 gave back and the MD5 of
+    /// the body. With ETags that are not MD5s (SSE-KMS), this is how a marker is known to
+    /// hold what it should, instead of being written again every pass.
+    written: Mutex<HashMap<String, (String, String)>>,
     /// Home folders that are no user name, already logged.
     foreign_told: Mutex<BTreeSet<String>>,
     /// Whether each user is enrolled, and when that was asked.
@@ -187,6 +191,7 @@ where
             notice_budgets: Mutex::default(),
             enrolment: Mutex::default(),
             foreign_told: Mutex::default(),
+            written: Mutex::default(),
             details: Mutex::default(),
             orphans: Mutex::default(),
             started: Instant::now(),
@@ -329,9 +334,14 @@ where
                 "some users' requests were left for the next pass: they changed more than reconcile.per_user_work requests at once"
             );
         }
+        let reports = snap
+            .reports
+            .iter()
+            .map(|(k, etag)| (k.clone(), self.content_tag(k, etag.clone())))
+            .collect();
         let mistake_actions = plan_mistakes(
             &snap.mistaken,
-            &snap.reports,
+            &reports,
             &self.settings.home_prefix,
             self.settings.guards.per_user_work,
         );
@@ -525,11 +535,19 @@ where
                 may_delete: look.may_expire,
             })
         });
+        let markers = files
+            .markers
+            .into_iter()
+            .map(|(suffix, etag)| {
+                let object = key.object_key(&self.settings.home_prefix, suffix);
+                (suffix, self.content_tag(&object, etag))
+            })
+            .collect();
         Ok(Some(Observed {
             key: key.clone(),
             request,
             delete_requested: files.delete,
-            markers: files.markers,
+            markers,
             stack,
             enrolled,
             orphan: look.orphan,
@@ -542,6 +560,30 @@ where
             vanished,
             now,
         }))
+    }
+
+    /// The tag the planner compares a marker's content by: the MD5 of what this process
+    /// wrote there when S3 still has that version (its ETag unchanged), else the ETag
+    /// (the MD5 itself, unless the bucket encrypts with KMS).
+    pub(crate) fn content_tag(&self, object: &str, etag: String) -> String {
+        match self.lock_written().get(object) {
+            Some((written, md5)) if *written == etag => format!("\"{md5}\""),
+            _ => etag,
+        }
+    }
+
+    /// Notes what was written to `object`, and the ETag S3 gave back.
+    pub(crate) fn wrote(&self, object: &str, body: &str, etag: String) {
+        self.lock_written().insert(
+            object.to_owned(),
+            (etag, flightdeck_core::identity::hex_md5(body.as_bytes())),
+        );
+    }
+
+    fn lock_written(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, String)>> {
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts the objects in home folders that are not user names, and logs each such
@@ -857,6 +899,14 @@ where
             .retain(|id, _| stacks.contains(id.as_str()));
         let keys = snap.keys();
         self.lock_seen().retain(|k, _| keys.contains(k));
+        self.lock_written().retain(|object, _| {
+            snap.reports.contains_key(object)
+                || matches!(
+                    flightdeck_core::key::classify(&self.settings.home_prefix, object),
+                    flightdeck_core::key::KeyKind::Cluster { key, suffix }
+                        if snap.files.get(&key).is_some_and(|f| f.markers.contains_key(&suffix))
+                )
+        });
     }
 
     fn lock_requests(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedRequest>> {
