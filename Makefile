@@ -13,15 +13,15 @@ CARGO ?= cargo
 PYTHON ?= python3
 BIN := $(CARGO_TARGET_DIR)/debug/flightdeck
 
-.PHONY: demo test lint build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints image image-setup image-test k8s-lint lambda-test emulator-test cluster-test box-rootfs
+.PHONY: demo test lint deny deny-advisories advisory-db build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints image image-setup image-test k8s-lint lambda-test emulator-test cluster-test box-rootfs
 
 ## demo: start the emulator, run the controller, create and delete a cluster with the aws CLI
 demo: venv build
 	deploy/local/demo.sh
 
-## test: every test: unit, emulator integration and end-to-end, plus the linters and the
-## monitoring checked live on a real Prometheus
-test: venv packages emulator-test lint monitoring-lint k8s-lint lambda-test
+## test: every test: unit, emulator integration and end-to-end, plus the linters, the
+## dependency checks and the monitoring checked live on a real Prometheus
+test: venv packages emulator-test lint deny monitoring-lint k8s-lint lambda-test
 	$(CARGO) test --workspace --all-targets --locked
 	$(MAKE) monitoring-live
 	$(MAKE) cluster-test
@@ -46,6 +46,20 @@ lint: venv packages
 	shellcheck deploy/local/*.sh deploy/*.sh deploy/grafana/check/check.sh deploy/image/*.sh deploy/k8s/*.sh \
 	  policies/*.sh customizer/default/configure.d/*.sh customizer/default/configure.d/lib/*.sh \
 	  customizer/default/configure.d/slurm/* tests/box/*.sh .ci/run
+
+## deny: cargo-deny (deny.toml): banned and duplicate crates, licenses, sources; RustSec
+## advisories too when a current advisory database is on this machine, else a loud
+## "ADVISORIES NOT CHECKED" banner (see README.md, "Supply chain")
+deny: venv
+	deploy/deny-check.sh
+
+## deny-advisories: like deny, but fails when the advisories cannot be checked
+deny-advisories: venv
+	deploy/deny-check.sh --require-advisories
+
+## advisory-db: fetch or update the RustSec advisory database (needs access to its git repository)
+advisory-db: venv
+	$(VENV)/bin/cargo-deny fetch db
 
 build:
 	$(CARGO) build --workspace --locked

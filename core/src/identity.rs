@@ -277,4 +277,18 @@ mod tests {
     fn md5_matches_s3_etag_of_known_content() {
         assert_eq!(hex_md5(b""), "d41d8cd98f00b204e9800998ecf8427e");
     }
+
+    #[test]
+    fn sha256_matches_the_published_test_vectors() {
+        // Stack and notice names are built from these digests: a hash crate upgrade must
+        // not change them.
+        assert_eq!(
+            hex_sha256(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            hex_sha256(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 }
