@@ -697,10 +697,10 @@ fn validate(
             .per_user_hour
             .unwrap_or_else(default_per_user_hour),
     };
-    if guards.pass_deadline < resync_interval {
+    if guards.pass_deadline < Duration::from_secs(10) {
         return Err(invalid(
             "reconcile.pass_deadline",
-            "must not be shorter than reconcile.resync_interval",
+            "must be at least 10s: a pass lists the bucket and every stack",
         ));
     }
     if guards.per_user_work == 0 {
@@ -969,6 +969,21 @@ bucket = "cust"
                 "",
                 ("FLIGHTDECK_RECONCILE_CONCURRENCY", "0"),
                 "reconcile.concurrency",
+            ),
+            (
+                "",
+                ("FLIGHTDECK_RECONCILE_PASS_DEADLINE", "5s"),
+                "reconcile.pass_deadline",
+            ),
+            (
+                "",
+                ("FLIGHTDECK_RECONCILE_PER_USER_WORK", "0"),
+                "reconcile.per_user_work",
+            ),
+            (
+                "",
+                ("FLIGHTDECK_RECONCILE_MAX_CLOCK_SKEW", "a while"),
+                "reconcile.max_clock_skew",
             ),
             ("", ("FLIGHTDECK_INSTANCE", "two words"), "instance"),
             ("", ("FLIGHTDECK_STACKS_PREFIX", "9x"), "stacks.prefix"),
