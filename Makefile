@@ -13,7 +13,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 BIN := $(CARGO_TARGET_DIR)/debug/flightdeck
 
-.PHONY: demo test lint deny deny-advisories advisory-db build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints image image-setup image-test k8s-lint lambda-test emulator-test cluster-test box-rootfs
+.PHONY: demo test lint deny deny-advisories advisory-db build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints bench-http image image-setup image-test k8s-lint lambda-test emulator-test cluster-test box-rootfs
 
 ## demo: start the emulator, run the controller, create and delete a cluster with the aws CLI
 demo: venv build
@@ -118,6 +118,15 @@ monitoring-live: venv packages monitoring-tools build
 ## bench-hints: hint-to-CreateStack latency over 50 requests, the controller on the emulator
 bench-hints: venv build
 	$(CARGO) run --quiet --locked -p flightdeck-tests --bin hint_latency
+
+## bench-http: 1,000 slow connections against the HTTP endpoint in-process: its memory, and
+## /healthz meanwhile; once dribbling headers, once with 256 KiB of unfinished header each.
+## Both ends of every connection are on this machine, so the recipe raises `ulimit -n`.
+bench-http:
+	ulimit -n 4096; \
+	for mode in dribble fill; do \
+	  $(CARGO) run --quiet --locked -p flightdeck-tests --bin slow_connections -- $$mode; \
+	done
 
 ## image: the container image localhost/flightdeck:dev (static binary on scratch; installs podman if missing)
 image: image-setup

@@ -11,7 +11,8 @@
 #
 # Usage:
 #   deploy/monitoring-check.sh [--expect-per-user] HOST:PORT
-#       the controller's HTTP listener ([http] listen), e.g. 127.0.0.1:18080
+#       the controller's /metrics listener ([http] metrics_listen, else listen), e.g.
+#       127.0.0.1:18080
 #   deploy/monitoring-check.sh [--expect-per-user] --metrics-file FILE
 #       serve FILE as /metrics on loopback instead (e.g.
 #       deploy/prometheus/testdata/healthy-small-run.prom)

@@ -15,7 +15,7 @@ use crate::aws::{AwsSettings, load};
 use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::http::{Endpoint, Health, serve};
+use crate::http::{Endpoint, Health, Limits, Listener, Serves, serve};
 use crate::instrument::Instrumented;
 use crate::metrics::Metrics;
 use crate::ports::{ErrorKind, Instances, Mailer, ObjectStore, StackService};
@@ -145,10 +145,7 @@ pub async fn serve_and_run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(settings.per_user_metrics));
-    let listen = settings.http.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("setting `http.listen`: cannot listen on {listen}"))?;
+    let listeners = listeners(&settings.http).await?;
     let rec = Arc::new(connect(settings, metrics.clone()).await?);
     let settings = rec.settings();
     let queue = Arc::new(WorkQueue::new(metrics.clone()));
@@ -180,8 +177,7 @@ pub async fn serve_and_run(
         shutdown.await;
         let _ = stop.send(true);
     });
-    tracing::info!(%listen, "serving /metrics, /healthz, /readyz and /hints");
-    let server = tokio::spawn(serve(listener, endpoint, until_stopped()));
+    let server = tokio::spawn(serve(listeners, endpoint, until_stopped()));
     let result = run(rec, queue, health, once, until_stopped()).await;
     if once {
         server.abort();
@@ -189,6 +185,33 @@ pub async fn serve_and_run(
         let _ = server.await;
     }
     result.context("resync failed")
+}
+
+/// Binds `http.listen`, and `http.metrics_listen` when set: `/metrics` and the probes then
+/// have their own listener and connection budget, which hint traffic cannot use up.
+///
+/// # Errors
+/// The setting whose address cannot be listened on.
+async fn listeners(http: &crate::config::Http) -> anyhow::Result<Vec<Listener>> {
+    let bind = |setting: &'static str, address| async move {
+        tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("setting `{setting}`: cannot listen on {address}"))
+    };
+    let limits = Limits::new(http.max_connections);
+    let listen = http.listen;
+    let main = bind("http.listen", listen).await?;
+    let Some(metrics_listen) = http.metrics_listen else {
+        tracing::info!(%listen, "serving /metrics, /healthz, /readyz and /hints");
+        return Ok(vec![Listener::new(main, Serves::Everything, limits)]);
+    };
+    let metrics = bind("http.metrics_listen", metrics_listen).await?;
+    tracing::info!(%listen, "serving /healthz, /readyz and /hints");
+    tracing::info!(%metrics_listen, "serving /metrics, /healthz and /readyz");
+    Ok(vec![
+        Listener::new(main, Serves::HintsAndProbes, limits.clone()),
+        Listener::new(metrics, Serves::MetricsAndProbes, limits),
+    ])
 }
 
 #[cfg(test)]

@@ -131,6 +131,10 @@ struct HttpFile {
     hint_token_file: String,
     #[serde(default = "default_max_hint_bytes")]
     max_hint_bytes: usize,
+    #[serde(default)]
+    metrics_listen: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
 }
 
 impl Default for HttpFile {
@@ -139,6 +143,8 @@ impl Default for HttpFile {
             listen: default_listen(),
             hint_token_file: String::new(),
             max_hint_bytes: default_max_hint_bytes(),
+            metrics_listen: String::new(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -155,6 +161,9 @@ fn default_listen() -> String {
 }
 fn default_max_hint_bytes() -> usize {
     256 * 1024
+}
+fn default_max_connections() -> usize {
+    256
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,6 +393,10 @@ pub struct Http {
     pub hint_token: Option<String>,
     /// Largest hint body accepted.
     pub max_hint_bytes: usize,
+    /// Where `/metrics` is served instead (with the probes); `None`: on `listen`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Connections open at once on each listener.
+    pub max_connections: usize,
 }
 
 /// The validated settings the controller runs with.
@@ -797,12 +810,32 @@ fn validate(
 }
 
 fn http(file: HttpFile, env_token: Option<String>) -> Result<Http, ConfigError> {
-    let listen = file.listen.parse().map_err(|_| {
-        invalid(
-            "http.listen",
-            format!("`{}` is not an address like 0.0.0.0:8080", file.listen),
-        )
-    })?;
+    let address = |setting: &str, text: &str| {
+        text.trim().parse::<std::net::SocketAddr>().map_err(|_| {
+            invalid(
+                setting,
+                format!("`{text}` is not an address like 0.0.0.0:8080"),
+            )
+        })
+    };
+    let listen = address("http.listen", &file.listen)?;
+    let metrics_listen = match file.metrics_listen.trim() {
+        "" => None,
+        text => Some(address("http.metrics_listen", text)?),
+    };
+    if let Some(m) = metrics_listen
+        && m.port() == listen.port()
+        && m.port() != 0
+        && (m.ip() == listen.ip() || m.ip().is_unspecified() || listen.ip().is_unspecified())
+    {
+        return Err(invalid(
+            "http.metrics_listen",
+            format!("{m} overlaps http.listen ({listen}): use another port"),
+        ));
+    }
+    if file.max_connections == 0 {
+        return Err(invalid("http.max_connections", "must be at least 1"));
+    }
     let token = match (env_token, file.hint_token_file.trim()) {
         (Some(token), _) => Some(token),
         (None, "") => None,
@@ -829,6 +862,8 @@ fn http(file: HttpFile, env_token: Option<String>) -> Result<Http, ConfigError> 
         listen,
         hint_token: token,
         max_hint_bytes: file.max_hint_bytes,
+        metrics_listen,
+        max_connections: file.max_connections,
     })
 }
 
@@ -1046,6 +1081,52 @@ bucket = "cust"
         assert_eq!(setting_of(e), "http.hint_token_file");
         let e = load(MINIMAL, &[("FLIGHTDECK_HTTP_LISTEN", "everywhere")]).unwrap_err();
         assert_eq!(setting_of(e), "http.listen");
+    }
+
+    #[test]
+    fn metrics_can_have_their_own_listener_and_connections_are_capped() {
+        let s = load(MINIMAL, &[]).unwrap();
+        assert_eq!(s.http.metrics_listen, None);
+        assert_eq!(s.http.max_connections, 256);
+        let s = load(
+            &format!(
+                "{MINIMAL}\n[http]\nmetrics_listen = \"0.0.0.0:8081\"\nmax_connections = 64\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.http.metrics_listen, Some("0.0.0.0:8081".parse().unwrap()));
+        assert_eq!(s.http.max_connections, 64);
+        let s = load(
+            MINIMAL,
+            &[("FLIGHTDECK_HTTP_METRICS_LISTEN", "127.0.0.1:9090")],
+        )
+        .unwrap();
+        assert_eq!(
+            s.http.metrics_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        for (env, value, why) in [
+            ("FLIGHTDECK_HTTP_MAX_CONNECTIONS", "0", "must be at least 1"),
+            (
+                "FLIGHTDECK_HTTP_METRICS_LISTEN",
+                "metrics",
+                "`metrics` is not an address",
+            ),
+            (
+                "FLIGHTDECK_HTTP_METRICS_LISTEN",
+                "127.0.0.1:8080",
+                "overlaps http.listen (0.0.0.0:8080): use another port",
+            ),
+        ] {
+            let e = load(MINIMAL, &[(env, value)]).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(why), "{text}");
+            let setting = env
+                .trim_start_matches("FLIGHTDECK_HTTP_")
+                .to_ascii_lowercase();
+            assert_eq!(setting_of(e), format!("http.{setting}"));
+        }
     }
 
     #[test]

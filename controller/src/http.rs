@@ -1,6 +1,6 @@
-//! The HTTP endpoint (hyper): `/metrics`, `/healthz`, `/readyz`, and `POST /hints`.
+//! The HTTP endpoint (hyper): `/metrics`, `/healthz`, `/readyz`, and `POST /hints`, on one
+//! listener or two ([`Serves`]); [`listener`] accepts and bounds the connections.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -10,12 +10,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::metrics::Metrics;
 use crate::queue::WorkQueue;
+
+pub mod listener;
+
+pub use listener::{Limits, Listener, serve};
 
 /// Whether the controller is alive and keeping up.
 pub struct Health {
@@ -57,6 +59,49 @@ impl Health {
     }
 }
 
+/// What one listener answers. The probes are answered everywhere: the kubelet may probe
+/// whichever port is out of reach of hint traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serves {
+    /// `/metrics`, the probes and `POST /hints`: the only listener (`http.listen` without
+    /// `http.metrics_listen`).
+    Everything,
+    /// The probes and `POST /hints` (`http.listen` beside `http.metrics_listen`).
+    HintsAndProbes,
+    /// `/metrics` and the probes (`http.metrics_listen`).
+    MetricsAndProbes,
+}
+
+impl Serves {
+    /// The `listener` label of this listener's series.
+    pub fn label(self) -> &'static str {
+        match self {
+            Serves::Everything | Serves::HintsAndProbes => "main",
+            Serves::MetricsAndProbes => "metrics",
+        }
+    }
+
+    fn metrics(self) -> bool {
+        self != Serves::HintsAndProbes
+    }
+
+    fn hints(self) -> bool {
+        self != Serves::MetricsAndProbes
+    }
+
+    fn not_found(self) -> &'static str {
+        match self {
+            Serves::Everything => "not found: try /metrics, /healthz, /readyz or POST /hints",
+            Serves::HintsAndProbes => {
+                "not found: try /healthz, /readyz or POST /hints; /metrics is on the metrics listener (http.metrics_listen)"
+            }
+            Serves::MetricsAndProbes => {
+                "not found: try /metrics, /healthz or /readyz; POST /hints is on the main listener (http.listen)"
+            }
+        }
+    }
+}
+
 /// What the endpoint serves from.
 pub struct Endpoint {
     /// Metrics to render and count into.
@@ -92,13 +137,17 @@ fn text(status: StatusCode, body: impl Into<String>) -> Reply {
     reply(status, "text/plain; charset=utf-8", body)
 }
 
-/// Answers one request.
-pub async fn handle<B>(endpoint: &Endpoint, req: Request<B>) -> Reply
+/// Answers one request on a listener that `serves` these paths.
+pub async fn handle<B>(endpoint: &Endpoint, serves: Serves, req: Request<B>) -> Reply
 where
     B: Body,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    match (req.method(), req.uri().path()) {
+    let path = req.uri().path();
+    if (path == "/metrics" && !serves.metrics()) || (path == "/hints" && !serves.hints()) {
+        return text(StatusCode::NOT_FOUND, serves.not_found());
+    }
+    match (req.method(), path) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => match endpoint.health.ready() {
             Ok(()) => text(StatusCode::OK, "ready"),
@@ -113,10 +162,7 @@ where
         (_, "/healthz" | "/readyz" | "/metrics" | "/hints") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz or POST /hints",
-        ),
+        _ => text(StatusCode::NOT_FOUND, serves.not_found()),
     }
 }
 
@@ -209,53 +255,6 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Serves until `shutdown` completes, then lets open connections finish (at most a few
-/// seconds).
-pub async fn serve(
-    listener: TcpListener,
-    endpoint: Arc<Endpoint>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                let endpoint = endpoint.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let endpoint = endpoint.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(&endpoint, req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service);
-                let watched = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = watched.await {
-                        debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    info!("HTTP server stopping");
-    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("some HTTP connections did not close in time");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,7 +294,12 @@ mod tests {
 
     /// POSTs a hint naming one object, with `token`.
     async fn hint(e: &Endpoint, token: Option<&str>, key: &str) -> Reply {
-        handle(e, request(Method::POST, "/hints", token, &s3_event(key))).await
+        handle(
+            e,
+            Serves::Everything,
+            request(Method::POST, "/hints", token, &s3_event(key)),
+        )
+        .await
     }
 
     fn s3_event(key: &str) -> String {
@@ -306,36 +310,65 @@ mod tests {
     async fn health_readiness_and_metrics() {
         let e = endpoint();
         assert_eq!(
-            handle(&e, request(Method::GET, "/healthz", None, ""))
-                .await
-                .status(),
+            handle(
+                &e,
+                Serves::Everything,
+                request(Method::GET, "/healthz", None, "")
+            )
+            .await
+            .status(),
             StatusCode::OK
         );
-        let not_ready = handle(&e, request(Method::GET, "/readyz", None, "")).await;
+        let not_ready = handle(
+            &e,
+            Serves::Everything,
+            request(Method::GET, "/readyz", None, ""),
+        )
+        .await;
         assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(body(not_ready).await.contains("no complete resync yet"));
         e.health.resynced();
         assert_eq!(
-            handle(&e, request(Method::GET, "/readyz", None, ""))
-                .await
-                .status(),
+            handle(
+                &e,
+                Serves::Everything,
+                request(Method::GET, "/readyz", None, "")
+            )
+            .await
+            .status(),
             StatusCode::OK
         );
-        let metrics = body(handle(&e, request(Method::GET, "/metrics", None, "")).await).await;
+        let metrics = body(
+            handle(
+                &e,
+                Serves::Everything,
+                request(Method::GET, "/metrics", None, ""),
+            )
+            .await,
+        )
+        .await;
         assert!(
             metrics.contains("flightdeck_clusters{phase=\"Ready\"}"),
             "{metrics}"
         );
         assert_eq!(
-            handle(&e, request(Method::GET, "/nope", None, ""))
-                .await
-                .status(),
+            handle(
+                &e,
+                Serves::Everything,
+                request(Method::GET, "/nope", None, "")
+            )
+            .await
+            .status(),
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            handle(&e, request(Method::GET, "/hints", None, ""))
-                .await
-                .status(),
+            handle(
+                &e,
+                Serves::Everything,
+                request(Method::GET, "/hints", None, "")
+            )
+            .await
+            .status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
     }
@@ -381,16 +414,27 @@ mod tests {
     async fn oversized_and_malformed_hints_get_their_status() {
         let e = endpoint();
         let big = format!("{{\"Records\": [], \"pad\": \"{}\"}}", "x".repeat(4096));
-        let r = handle(&e, request(Method::POST, "/hints", Some(TOKEN), &big)).await;
+        let r = handle(
+            &e,
+            Serves::Everything,
+            request(Method::POST, "/hints", Some(TOKEN), &big),
+        )
+        .await;
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let r = handle(
             &e,
+            Serves::Everything,
             request(Method::POST, "/hints", Some(TOKEN), "{not json"),
         )
         .await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert!(body(r).await.contains("not JSON"));
-        let r = handle(&e, request(Method::POST, "/hints", Some(TOKEN), "{}")).await;
+        let r = handle(
+            &e,
+            Serves::Everything,
+            request(Method::POST, "/hints", Some(TOKEN), "{}"),
+        )
+        .await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert!(body(r).await.contains("no `Records`"));
     }
@@ -403,6 +447,40 @@ mod tests {
         };
         let r = hint(&e, Some(TOKEN), "home/alice/x.cf-create").await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn with_a_metrics_listener_each_listener_answers_only_its_paths() {
+        let e = endpoint();
+        let get = |serves, path| handle(&e, serves, request(Method::GET, path, None, ""));
+        for serves in [Serves::HintsAndProbes, Serves::MetricsAndProbes] {
+            assert_eq!(get(serves, "/healthz").await.status(), StatusCode::OK);
+            assert_eq!(
+                get(serves, "/readyz").await.status(),
+                StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
+        assert_eq!(
+            get(Serves::MetricsAndProbes, "/metrics").await.status(),
+            StatusCode::OK
+        );
+        let r = get(Serves::HintsAndProbes, "/metrics").await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(body(r).await.contains("http.metrics_listen"));
+        let r = handle(
+            &e,
+            Serves::MetricsAndProbes,
+            request(
+                Method::POST,
+                "/hints",
+                Some(TOKEN),
+                &s3_event("home/a/x.cf-create"),
+            ),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(body(r).await.contains("http.listen"));
+        assert_eq!(e.queue.depth(), 0);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! series, which exist only when the operator turns them on (`[metrics] per_user`).
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use flightdeck_core::key::ClusterKey;
 use flightdeck_core::report::Phase;
@@ -57,6 +59,9 @@ const REFUSAL_REASONS: [&str; 15] = [
     "cluster_name",
     "suffix",
 ];
+
+/// How often a full listener's refusals are logged (each one is counted).
+const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// The label of a phase.
 pub fn phase_label(phase: Phase) -> &'static str {
@@ -125,6 +130,10 @@ pub struct Metrics {
     queue_retries: IntCounter,
     cost: GaugeVec,
     notifications: IntCounterVec,
+    http_open: IntGaugeVec,
+    http_refused: IntCounterVec,
+    /// Per listener: when a refusal was last logged, and how many since.
+    http_refusals_warned: Mutex<BTreeMap<&'static str, (Option<Instant>, u64)>>,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -285,6 +294,19 @@ impl Metrics {
                 "Notifications by event and outcome.",
                 &["event", "outcome"],
             ),
+            http_open: gauge_vec(
+                &r,
+                "flightdeck_http_connections_open",
+                "HTTP connections open, by listener.",
+                &["listener"],
+            ),
+            http_refused: counter_vec(
+                &r,
+                "flightdeck_http_connections_refused_total",
+                "HTTP connections closed unread because the listener had http.max_connections open, by listener.",
+                &["listener"],
+            ),
+            http_refusals_warned: Mutex::new(BTreeMap::new()),
             registry: r,
         };
         for phase in PHASES {
@@ -454,6 +476,44 @@ impl Metrics {
     /// A cluster was requeued with backoff.
     pub fn queue_retry(&self) {
         self.queue_retries.inc();
+    }
+
+    /// A listener started: its series start at zero.
+    pub fn http_listening(&self, listener: &'static str) {
+        self.http_open.with_label_values(&[listener]).set(0);
+        self.http_refused.with_label_values(&[listener]);
+    }
+
+    /// A listener took a connection in.
+    pub fn http_connection_opened(&self, listener: &'static str) {
+        self.http_open.with_label_values(&[listener]).inc();
+    }
+
+    /// A connection a listener took in is closed.
+    pub fn http_connection_closed(&self, listener: &'static str) {
+        self.http_open.with_label_values(&[listener]).dec();
+    }
+
+    /// A listener was full and closed a new connection unread. The warning is logged at
+    /// most once a minute per listener, with the number refused since the last one.
+    pub fn http_connection_refused(&self, listener: &'static str, max_connections: usize) {
+        self.http_refused.with_label_values(&[listener]).inc();
+        let mut warned = self
+            .http_refusals_warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (last, refused) = warned.entry(listener).or_insert((None, 0));
+        *refused += 1;
+        if last.is_none_or(|t: Instant| t.elapsed() >= REFUSAL_WARNING_EVERY) {
+            warn!(
+                listener,
+                max_connections,
+                refused = *refused,
+                "HTTP listener full: new connections are closed unread (http.max_connections)"
+            );
+            *last = Some(Instant::now());
+            *refused = 0;
+        }
     }
 
     /// A notification was sent, or could not be.

@@ -70,6 +70,8 @@ pub(crate) fn settings(grace: Duration, max_deletes: usize) -> Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             hint_token: None,
             max_hint_bytes: 4096,
+            metrics_listen: None,
+            max_connections: 256,
         },
         per_user_metrics: false,
         lifetime_warning: Duration::from_secs(3600),

@@ -72,6 +72,8 @@ fn reconciler() -> Rec {
             listen: "127.0.0.1:0".parse().unwrap(),
             hint_token: None,
             max_hint_bytes: 4096,
+            metrics_listen: None,
+            max_connections: 256,
         },
         per_user_metrics: false,
         guards: flightdeck::config::Guards::default(),

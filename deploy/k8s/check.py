@@ -187,6 +187,17 @@ def cross_check(c, by_kind, namespace):
     http = conf.get("http", {})
     listen_port = int(str(http.get("listen", ":")).rpartition(":")[2] or 0)
     c.check(listen_port in ports.values(), f"http.listen port {listen_port} is a container port")
+    # With http.metrics_listen, /metrics is served there only, and the probes belong there
+    # too: hint traffic cannot use up that port's connections.
+    metrics_port = listen_port
+    if http.get("metrics_listen"):
+        metrics_port = int(str(http["metrics_listen"]).rpartition(":")[2] or 0)
+        c.check(metrics_port in ports.values(),
+                f"http.metrics_listen port {metrics_port} is a container port")
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            port = ctr.get(probe, {}).get("httpGet", {}).get("port")
+            c.check(ports.get(port, port) == metrics_port,
+                    f"{probe} on the http.metrics_listen port {metrics_port}")
 
     token_file = http.get("hint_token_file", "")
     secret_vol = next((n for n, v in volumes.items() if "secret" in v), None)
@@ -199,10 +210,13 @@ def cross_check(c, by_kind, namespace):
     for sm in by_kind.get("ServiceMonitor", []):
         c.check(matches(sm["spec"]["selector"].get("matchLabels"), svc["metadata"].get("labels", {})),
                 f"{name_of(sm)} selects the Service")
-        svc_ports = {p.get("name") for p in svc["spec"]["ports"]}
+        svc_ports = {p.get("name"): p.get("targetPort") for p in svc["spec"]["ports"]}
         for ep in sm["spec"]["endpoints"]:
             c.check(ep.get("port") in svc_ports and ep.get("path") == "/metrics",
                     f"{name_of(sm)} scrapes /metrics on Service port {ep.get('port')}")
+            target = svc_ports.get(ep.get("port"))
+            c.check(ports.get(target, target) == metrics_port,
+                    f"{name_of(sm)} scrapes the port /metrics is served on ({metrics_port})")
 
 
 def main():
