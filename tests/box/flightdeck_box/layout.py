@@ -8,6 +8,8 @@ import ipaddress
 from pathlib import Path
 
 BRIDGE = "fdbox0"
+# The bridge's own (locally administered) MAC address: fixed, so that it never changes.
+BRIDGE_MAC = "02:fd:b0:00:00:01"
 GATEWAY = "10.0.1.1"
 SUBNET = ipaddress.ip_network("10.0.1.0/24")
 VPC_DEFAULT = ipaddress.ip_network("10.0.0.0/16")

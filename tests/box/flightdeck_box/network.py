@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from .hosts import Host
-from .layout import BRIDGE, GATEWAY, IMDS_IP, NETNS_PREFIX, NFT_TABLE, VETH_PREFIX
+from .layout import BRIDGE, BRIDGE_MAC, GATEWAY, IMDS_IP, NETNS_PREFIX, NFT_TABLE, VETH_PREFIX
 from .shell import is_mounted, log, nft, sh, sysctl, umount
 
 
@@ -28,7 +28,11 @@ class NetworkPlumbing:
     """The bridge and the public-IP routes; a part of `Box` (its blackholes, bridge_rules)."""
 
     def setup_network(self) -> None:
-        sh("ip", "link", "add", BRIDGE, "type", "bridge", "forward_delay", "0", "stp_state", "0")
+        # A bridge without an address of its own takes the lowest of its ports' and changes it
+        # as hosts come and go: the hosts' ARP entry for the gateway (DNS, IMDS) then points
+        # nowhere for a while, and a credentials fetch on the master fails. So it gets one.
+        sh("ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge",
+           "forward_delay", "0", "stp_state", "0")
         sh("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
         sh("ip", "addr", "add", f"{IMDS_IP}/32", "dev", BRIDGE)
         sysctl(f"net/ipv6/conf/{BRIDGE}/disable_ipv6", "1")
