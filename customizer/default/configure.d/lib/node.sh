@@ -22,6 +22,8 @@ if [ -z "${FLIGHTDECK_ROLE:-}" ] && [ -r /etc/flightdeck/cluster.env ]; then
 fi
 conf_dir=${FLIGHTDECK_CONFIGURE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 export AWS_DEFAULT_REGION=${FLIGHTDECK_REGION:-}
+# IMDS may be slow to answer for a moment: ask it for credentials more than once.
+export AWS_METADATA_SERVICE_NUM_ATTEMPTS=3 AWS_METADATA_SERVICE_TIMEOUT=2
 
 # setting NAME DEFAULT: the last NAME=value line of settings.env, unquoted.
 setting() {
