@@ -87,6 +87,16 @@ impl S3Store {
     }
 }
 
+/// A body that broke off while it was read: asking again may work.
+fn unreadable(key: &str, e: &impl std::fmt::Display) -> CallError {
+    local(
+        SERVICE,
+        "GetObject",
+        ErrorKind::Transient,
+        format!("reading the body of {key}: {e}"),
+    )
+}
+
 fn epoch_seconds(time: Option<&DateTime>) -> i64 {
     time.map(DateTime::secs).unwrap_or_default()
 }
@@ -161,14 +171,11 @@ impl ObjectStore for S3Store {
         };
         let etag = object.e_tag().unwrap_or_default().to_owned();
         let modified = epoch_seconds(object.last_modified());
-        let body = object.body.collect().await.map_err(|e| {
-            local(
-                SERVICE,
-                OPERATION,
-                ErrorKind::Transient,
-                format!("reading the body of {key}: {e}"),
-            )
-        })?;
+        let body = object
+            .body
+            .collect()
+            .await
+            .map_err(|e| unreadable(key, &e))?;
         Ok(Some(Fetched {
             body: body.into_bytes().to_vec(),
             etag,
@@ -220,14 +227,7 @@ impl ObjectStore for S3Store {
         }
         let mut body = Vec::new();
         while let Some(chunk) = object.body.next().await {
-            let chunk = chunk.map_err(|e| {
-                local(
-                    SERVICE,
-                    OPERATION,
-                    ErrorKind::Transient,
-                    format!("reading the body of {key}: {e}"),
-                )
-            })?;
+            let chunk = chunk.map_err(|e| unreadable(key, &e))?;
             if body.len() + chunk.len() > limit {
                 // A server that ignored the range: stop reading here.
                 return Ok(Read::TooLarge { size });
