@@ -340,10 +340,14 @@ impl Metrics {
             m.refused.with_label_values(&[reason]);
         }
         for event in ["ready", "failed", "deleted", "lifetime_warning"] {
-            for outcome in ["sent", "error"] {
+            for outcome in ["sent", "error", "rate_limited"] {
                 m.notifications.with_label_values(&[event, outcome]);
             }
         }
+        m.expiries_held_back(0, None);
+        // The main listener always exists; the metrics listener only when configured.
+        m.http_open.with_label_values(&["main"]).set(0);
+        m.http_refused.with_label_values(&["main"]);
         m
     }
 
