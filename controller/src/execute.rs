@@ -297,7 +297,7 @@ where
     /// template error, a missing capability, a parameter only the administrators set) is
     /// the install's: retried with backoff and counted, never a sticky `.cf-failed`.
     fn users_to_fix(&self, e: &CallError) -> bool {
-        e.kind == ErrorKind::Invalid && names_a_setting(&e.message, self.rules.settable())
+        e.kind == ErrorKind::Invalid && self.rules.named_in(&e.message)
     }
 
     /// Logs a refused create or update the user cannot fix, for the administrators.
@@ -343,18 +343,6 @@ where
     }
 }
 
-/// Whether `message` names one of `settings` as a word of its own (not as part of a longer
-/// name: `ComputeMaxNodes` is not `MaxNodes`).
-fn names_a_setting<'a>(message: &str, mut settings: impl Iterator<Item = &'a str>) -> bool {
-    settings.any(|name| {
-        message.match_indices(name).any(|(at, _)| {
-            let before = message[..at].chars().next_back();
-            let after = message[at + name.len()..].chars().next();
-            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
-        })
-    })
-}
-
 /// The metric and ledger label of terminating a cluster's instances before its delete.
 pub(crate) const TERMINATE_NODES: &str = "terminate_nodes";
 
@@ -368,30 +356,5 @@ fn action_label(action: &Action) -> &'static str {
         Action::Remove { .. } => "remove",
         Action::Notify(_) => "notify",
         Action::LookAgainSoon => "look_again",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::names_a_setting;
-
-    #[test]
-    fn a_refusal_is_the_users_only_when_it_names_a_setting_they_choose() {
-        let settings = [
-            "ComputeMaxNodes",
-            "ComputeInitialNodes",
-            "AutoscalingPolicy",
-        ];
-        let users = |m: &str| names_a_setting(m, settings.into_iter());
-        assert!(users("Parameter 'ComputeMaxNodes' must be a number."));
-        assert!(users(
-            "AutoscalingPolicy \"disabled\" means exactly ComputeInitialNodes compute nodes"
-        ));
-        assert!(!users("Parameters: [VpcId] must have values"));
-        assert!(!users(
-            "Template format error: Unresolved resource dependencies [Master]"
-        ));
-        assert!(!users("Requires capabilities : [CAPABILITY_NAMED_IAM]"));
-        assert!(!users("Parameter 'MyComputeMaxNodesX' must be a number."));
     }
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flightdeck_core::admission::{admit, cost_of, lifetime_end, lifetime_of, policy_lifetime};
+use flightdeck_core::admission::{
+    ExpiryHold, admit, cost_of, hold_expiries, lifetime_end, lifetime_of, policy_lifetime,
+};
 use flightdeck_core::identity::TAG_USER;
 use flightdeck_core::key::{ClusterKey, Suffix};
 use flightdeck_core::money::Dollars;
@@ -691,29 +693,24 @@ where
             .count();
         let guards = &self.settings.guards;
         let skew = self.cloud.store.clock_offset();
-        let held = if due == 0 {
-            None
-        } else if skew.is_none_or(|o| o.unsigned_abs() > guards.max_clock_skew.as_secs()) {
-            warn!(
+        let held = hold_expiries(due, skew, guards.max_clock_skew, guards.max_expiry_deletes);
+        match held {
+            Some(ExpiryHold::ClockSkew) => warn!(
                 due,
                 offset_s = skew,
                 bound_s = guards.max_clock_skew.as_secs(),
                 "expiring no cluster: this clock and AWS's disagree by more than reconcile.max_clock_skew (or AWS's time is not known yet); check the host's time synchronisation"
-            );
-            Some("clock_skew")
-        } else if due > guards.max_expiry_deletes {
-            warn!(
+            ),
+            Some(ExpiryHold::Cap) => warn!(
                 due,
                 cap = guards.max_expiry_deletes,
                 "expiring no cluster: more lifetimes ended at once than reconcile.max_expiry_deletes allows; check the policy's lifetimes and the clock, then raise the cap for one pass"
-            );
-            Some("cap")
-        } else {
-            None
-        };
+            ),
+            None => {}
+        }
         self.metrics.expiries_held_back(
             held.map_or(0, |_| i64::try_from(due).unwrap_or(i64::MAX)),
-            held,
+            held.map(ExpiryHold::label),
         );
         held.is_none()
     }

@@ -128,6 +128,46 @@ pub fn lifetime_end(
     })
 }
 
+/// Why a pass deletes no cluster whose lifetime ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryHold {
+    /// This clock and AWS's disagree by more than the bound, or AWS's is not known.
+    ClockSkew,
+    /// More lifetimes ended at once than may be expired in one pass.
+    Cap,
+}
+
+impl ExpiryHold {
+    /// A short label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            ExpiryHold::ClockSkew => "clock_skew",
+            ExpiryHold::Cap => "cap",
+        }
+    }
+}
+
+/// Whether a pass in which `due` clusters are past their end may expire them: not while
+/// AWS's clock minus ours (`clock_offset`, `None` when unknown) exceeds `max_skew`, and
+/// not when more than `cap` are due at once (a wrong clock, or a policy change, more
+/// likely than so many ending together). `None`: they may go.
+pub fn hold_expiries(
+    due: usize,
+    clock_offset: Option<i64>,
+    max_skew: Duration,
+    cap: usize,
+) -> Option<ExpiryHold> {
+    if due == 0 {
+        None
+    } else if clock_offset.is_none_or(|o| o.unsigned_abs() > max_skew.as_secs()) {
+        Some(ExpiryHold::ClockSkew)
+    } else if due > cap {
+        Some(ExpiryHold::Cap)
+    } else {
+        None
+    }
+}
+
 /// Admits `request` for `user`, whose other clusters take up `usage`.
 ///
 /// # Errors
@@ -560,6 +600,26 @@ mod lifetime_tests {
             Some(4_600)
         );
         assert_eq!(lifetime_end(&stack(None), None, 1_000, HOUR), None);
+    }
+
+    #[test]
+    fn expiry_is_held_by_a_wrong_clock_or_too_many_at_once() {
+        let two_min = Duration::from_secs(120);
+        assert_eq!(hold_expiries(3, Some(5), two_min, 10), None);
+        assert_eq!(hold_expiries(0, None, two_min, 0), None, "nothing due");
+        assert_eq!(
+            hold_expiries(3, Some(-121), two_min, 10),
+            Some(ExpiryHold::ClockSkew)
+        );
+        assert_eq!(
+            hold_expiries(3, None, two_min, 10),
+            Some(ExpiryHold::ClockSkew)
+        );
+        assert_eq!(
+            hold_expiries(11, Some(0), two_min, 10),
+            Some(ExpiryHold::Cap)
+        );
+        assert_eq!(hold_expiries(10, Some(0), two_min, 10), None);
     }
 
     #[test]

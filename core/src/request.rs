@@ -123,6 +123,20 @@ impl RequestRules {
             .collect()
     }
 
+    /// Whether `message` (a service's refusal) names a setting users choose, as a word of
+    /// its own (`ComputeMaxNodes`, not inside `MyComputeMaxNodesX`): then the user can act
+    /// on it; otherwise the refusal is the install's to fix.
+    pub fn named_in(&self, message: &str) -> bool {
+        self.settable.keys().any(|name| {
+            message.match_indices(name.as_str()).any(|(at, _)| {
+                let before = message[..at].chars().next_back();
+                let after = message[at + name.len()..].chars().next();
+                !before.is_some_and(char::is_alphanumeric)
+                    && !after.is_some_and(char::is_alphanumeric)
+            })
+        })
+    }
+
     /// The template's default of a setting users choose, if it has one.
     pub fn default_of(&self, name: &str) -> Option<&str> {
         self.settable.get(name)?.default.as_deref()
@@ -595,6 +609,21 @@ pub(crate) mod tests {
 
     fn message(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_refusal_is_the_users_only_when_it_names_a_setting_they_choose() {
+        let rules = rules();
+        assert!(rules.named_in("Parameter 'ComputeMaxNodes' must be a number."));
+        assert!(rules.named_in(
+            "AutoscalingPolicy \"disabled\" means exactly ComputeInitialNodes compute nodes"
+        ));
+        assert!(!rules.named_in("Parameters: [VpcId] must have values"));
+        assert!(
+            !rules.named_in("Template format error: Unresolved resource dependencies [Master]")
+        );
+        assert!(!rules.named_in("Requires capabilities : [CAPABILITY_NAMED_IAM]"));
+        assert!(!rules.named_in("Parameter 'MyComputeMaxNodesX' must be a number."));
     }
 
     #[test]
