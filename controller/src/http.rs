@@ -292,14 +292,20 @@ mod tests {
         String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
     }
 
+    /// Answers a request on the only listener (no `http.metrics_listen`).
+    async fn everything(
+        e: &Endpoint,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> Reply {
+        handle(e, Serves::Everything, request(method, path, token, body)).await
+    }
+
     /// POSTs a hint naming one object, with `token`.
     async fn hint(e: &Endpoint, token: Option<&str>, key: &str) -> Reply {
-        handle(
-            e,
-            Serves::Everything,
-            request(Method::POST, "/hints", token, &s3_event(key)),
-        )
-        .await
+        everything(e, Method::POST, "/hints", token, &s3_event(key)).await
     }
 
     fn s3_event(key: &str) -> String {
@@ -310,65 +316,36 @@ mod tests {
     async fn health_readiness_and_metrics() {
         let e = endpoint();
         assert_eq!(
-            handle(
-                &e,
-                Serves::Everything,
-                request(Method::GET, "/healthz", None, "")
-            )
-            .await
-            .status(),
+            everything(&e, Method::GET, "/healthz", None, "")
+                .await
+                .status(),
             StatusCode::OK
         );
-        let not_ready = handle(
-            &e,
-            Serves::Everything,
-            request(Method::GET, "/readyz", None, ""),
-        )
-        .await;
+        let not_ready = everything(&e, Method::GET, "/readyz", None, "").await;
         assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(body(not_ready).await.contains("no complete resync yet"));
         e.health.resynced();
         assert_eq!(
-            handle(
-                &e,
-                Serves::Everything,
-                request(Method::GET, "/readyz", None, "")
-            )
-            .await
-            .status(),
+            everything(&e, Method::GET, "/readyz", None, "")
+                .await
+                .status(),
             StatusCode::OK
         );
-        let metrics = body(
-            handle(
-                &e,
-                Serves::Everything,
-                request(Method::GET, "/metrics", None, ""),
-            )
-            .await,
-        )
-        .await;
+        let metrics = body(everything(&e, Method::GET, "/metrics", None, "").await).await;
         assert!(
             metrics.contains("flightdeck_clusters{phase=\"Ready\"}"),
             "{metrics}"
         );
         assert_eq!(
-            handle(
-                &e,
-                Serves::Everything,
-                request(Method::GET, "/nope", None, "")
-            )
-            .await
-            .status(),
+            everything(&e, Method::GET, "/nope", None, "")
+                .await
+                .status(),
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            handle(
-                &e,
-                Serves::Everything,
-                request(Method::GET, "/hints", None, "")
-            )
-            .await
-            .status(),
+            everything(&e, Method::GET, "/hints", None, "")
+                .await
+                .status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
     }
@@ -414,27 +391,12 @@ mod tests {
     async fn oversized_and_malformed_hints_get_their_status() {
         let e = endpoint();
         let big = format!("{{\"Records\": [], \"pad\": \"{}\"}}", "x".repeat(4096));
-        let r = handle(
-            &e,
-            Serves::Everything,
-            request(Method::POST, "/hints", Some(TOKEN), &big),
-        )
-        .await;
+        let r = everything(&e, Method::POST, "/hints", Some(TOKEN), &big).await;
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        let r = handle(
-            &e,
-            Serves::Everything,
-            request(Method::POST, "/hints", Some(TOKEN), "{not json"),
-        )
-        .await;
+        let r = everything(&e, Method::POST, "/hints", Some(TOKEN), "{not json").await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert!(body(r).await.contains("not JSON"));
-        let r = handle(
-            &e,
-            Serves::Everything,
-            request(Method::POST, "/hints", Some(TOKEN), "{}"),
-        )
-        .await;
+        let r = everything(&e, Method::POST, "/hints", Some(TOKEN), "{}").await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert!(body(r).await.contains("no `Records`"));
     }

@@ -179,7 +179,7 @@ impl WorkQueue {
     /// For the resync: takes `key` to process now unless a worker has it or it is queued (a
     /// queued look reads afresh, which beats the resync's snapshot). Call [`Self::done`]
     /// after processing a claimed key.
-    pub fn try_claim(&self, key: &ClusterKey) -> bool {
+    fn try_claim(&self, key: &ClusterKey) -> bool {
         let mut s = self.lock();
         if s.processing.contains(key) || s.dirty.contains(key) {
             return false;
