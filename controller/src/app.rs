@@ -17,30 +17,30 @@ use std::sync::Arc;
 use crate::config::Settings;
 use crate::http::{Endpoint, Health, Limits, Listener, Serves, serve};
 use crate::instrument::Instrumented;
+use crate::leader::{Fence, Fenced, LEASE_OBJECT, elect};
 use crate::metrics::Metrics;
 use crate::ports::{ErrorKind, Instances, Mailer, ObjectStore, StackService};
 use crate::queue::WorkQueue;
 use crate::reconcile::{Cloud, Reconciler};
 use crate::run::run;
 
-/// The reconciler on the real AWS adapters, every call counted.
-pub type AwsReconciler = Reconciler<
-    Instrumented<S3Store>,
-    Instrumented<CloudFormation>,
-    Instrumented<Ec2>,
-    Instrumented<Ses>,
->;
+/// An adapter whose calls are counted, and whose mutating calls need the fence's permit.
+pub type Guarded<T> = Fenced<Instrumented<T>>;
 
-/// The real adapters, every call counted.
-pub type AwsCloud = Cloud<
-    Instrumented<S3Store>,
-    Instrumented<CloudFormation>,
-    Instrumented<Ec2>,
-    Instrumented<Ses>,
->;
+/// The reconciler on the real AWS adapters.
+pub type AwsReconciler =
+    Reconciler<Guarded<S3Store>, Guarded<CloudFormation>, Guarded<Ec2>, Guarded<Ses>>;
 
-/// The real AWS adapters for `settings`, counting their calls into `metrics`.
-pub async fn aws_cloud(settings: &Settings, metrics: &Arc<Metrics>) -> AwsCloud {
+/// The real adapters.
+pub type AwsCloud = Cloud<Guarded<S3Store>, Guarded<CloudFormation>, Guarded<Ec2>, Guarded<Ses>>;
+
+/// The real AWS adapters for `settings`, counting their calls into `metrics`, each
+/// mutating call made only with `fence`'s permit.
+pub async fn aws_cloud(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    fence: &Arc<Fence>,
+) -> AwsCloud {
     let aws = AwsSettings {
         region: settings.region.clone(),
         endpoint_url: settings.endpoint_url.clone(),
@@ -48,25 +48,42 @@ pub async fn aws_cloud(settings: &Settings, metrics: &Arc<Metrics>) -> AwsCloud 
     let conf = load(&aws).await;
     let path_style = aws.s3_path_style();
     let customizer_bucket = settings.enrolment.bucket.clone();
-    let counted = |inner| Instrumented::new(inner, metrics.clone());
+    let guarded = |inner| Fenced::new(Instrumented::new(inner, metrics.clone()), fence.clone());
     Cloud {
-        store: counted(S3Store::new(&conf, settings.bucket.clone(), path_style)),
-        customizer: counted(S3Store::new(&conf, customizer_bucket, path_style)),
-        stacks: Instrumented::new(CloudFormation::new(&conf), metrics.clone()),
-        instances: Instrumented::new(Ec2::new(&conf), metrics.clone()),
-        mailer: settings
-            .notify
-            .as_ref()
-            .map(|n| Instrumented::new(Ses::new(&conf, n.from.clone()), metrics.clone())),
+        store: guarded(S3Store::new(&conf, settings.bucket.clone(), path_style)),
+        customizer: guarded(S3Store::new(&conf, customizer_bucket, path_style)),
+        stacks: Fenced::new(
+            Instrumented::new(CloudFormation::new(&conf), metrics.clone()),
+            fence.clone(),
+        ),
+        instances: Fenced::new(
+            Instrumented::new(Ec2::new(&conf), metrics.clone()),
+            fence.clone(),
+        ),
+        mailer: settings.notify.as_ref().map(|n| {
+            Fenced::new(
+                Instrumented::new(Ses::new(&conf, n.from.clone()), metrics.clone()),
+                fence.clone(),
+            )
+        }),
     }
+}
+
+/// The fence of a one-off command that acts alone (`enrol`) or changes nothing (`plan`).
+pub fn one_off(metrics: &Arc<Metrics>) -> Arc<Fence> {
+    Fence::unelected("flightdeck-command", metrics.clone())
 }
 
 /// Builds the AWS clients, then [`checked`].
 ///
 /// # Errors
 /// As [`checked`].
-pub async fn connect(settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<AwsReconciler> {
-    let cloud = aws_cloud(&settings, &metrics).await;
+pub async fn connect(
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    fence: &Arc<Fence>,
+) -> anyhow::Result<AwsReconciler> {
+    let cloud = aws_cloud(&settings, &metrics, fence).await;
     checked(cloud, settings, metrics).await
 }
 
@@ -146,7 +163,15 @@ pub async fn serve_and_run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(settings.per_user_metrics));
     let listeners = listeners(&settings.http).await?;
-    let rec = Arc::new(connect(settings, metrics.clone()).await?);
+    let election = &settings.election;
+    let fence = if election.enabled {
+        tracing::info!(replica = %election.identity, "standing by until this replica holds the leader lease");
+        Fence::elected(&election.identity, election.timing, metrics.clone())
+    } else {
+        tracing::warn!("leader election is off (election.enabled = false): run one replica only");
+        Fence::unelected(&election.identity, metrics.clone())
+    };
+    let rec = Arc::new(connect(settings, metrics.clone(), &fence).await?);
     let settings = rec.settings();
     let queue = Arc::new(WorkQueue::new(metrics.clone()));
     let health = Arc::new(Health::new(
@@ -160,6 +185,7 @@ pub async fn serve_and_run(
         max_hint_bytes: settings.http.max_hint_bytes,
         bucket: settings.bucket.clone(),
         home_prefix: settings.home_prefix.clone(),
+        fence: fence.clone(),
     });
     if endpoint.hint_token.is_none() {
         tracing::info!(
@@ -178,7 +204,23 @@ pub async fn serve_and_run(
         let _ = stop.send(true);
     });
     let server = tokio::spawn(serve(listeners, endpoint, until_stopped()));
-    let result = run(rec, queue, health, once, until_stopped()).await;
+    // The elector outlives the control loop: the clusters in hand at a shutdown may still
+    // need the lease. It is stopped (and gives the lease up) once the loop has returned.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let elector = {
+        let (rec, fence, health) = (rec.clone(), fence.clone(), health.clone());
+        let key = format!("{}{LEASE_OBJECT}", settings.controller_prefix);
+        tokio::spawn(async move {
+            let store = rec.cloud().store.inner();
+            elect(store, &key, &fence, &health, async {
+                let _ = released.await;
+            })
+            .await;
+        })
+    };
+    let result = run(rec, queue, health, fence, once, until_stopped()).await;
+    let _ = release.send(());
+    let _ = elector.await;
     if once {
         server.abort();
     } else {

@@ -18,8 +18,9 @@ use crate::ports::Template;
 pub const MAX_TEMPLATE_BODY: usize = 51_200;
 
 /// Sections of the file, for the environment overrides.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "bucket",
+    "election",
     "stacks",
     "customizer",
     "reconcile",
@@ -114,6 +115,8 @@ struct File {
     http: HttpFile,
     #[serde(default)]
     metrics: MetricsFile,
+    #[serde(default)]
+    election: ElectionFile,
     #[serde(default = "default_policy")]
     policy: PathBuf,
 }
@@ -147,6 +150,46 @@ impl Default for HttpFile {
             max_connections: default_max_connections(),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ElectionFile {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default = "default_lease")]
+    lease_duration: String,
+    #[serde(default = "default_renew_deadline")]
+    renew_deadline: String,
+    #[serde(default = "default_retry_period")]
+    retry_period: String,
+    #[serde(default)]
+    identity: String,
+}
+
+impl Default for ElectionFile {
+    fn default() -> Self {
+        ElectionFile {
+            enabled: true,
+            lease_duration: default_lease(),
+            renew_deadline: default_renew_deadline(),
+            retry_period: default_retry_period(),
+            identity: String::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_lease() -> String {
+    "15s".into()
+}
+fn default_renew_deadline() -> String {
+    "10s".into()
+}
+fn default_retry_period() -> String {
+    "2s".into()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -399,6 +442,17 @@ pub struct Http {
     pub max_connections: usize,
 }
 
+/// Leader election among replicas (`[election]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Election {
+    /// Whether replicas elect a leader; off, this replica always acts (run one only).
+    pub enabled: bool,
+    /// Lease, renew deadline and retry period.
+    pub timing: flightdeck_core::lease::Timing,
+    /// This replica's name in the lease and the logs.
+    pub identity: String,
+}
+
 /// The validated settings the controller runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -450,6 +504,8 @@ pub struct Settings {
     pub per_user_metrics: bool,
     /// Bounds on what one pass, one user or a wrong clock can do.
     pub guards: Guards,
+    /// Leader election among replicas.
+    pub election: Election,
 }
 
 /// Bounds that keep a slow pass, one user's files and a wrong clock from doing harm.
@@ -774,6 +830,7 @@ fn validate(
         file.notify.lifetime_warning.as_deref().unwrap_or("1h"),
     )?;
     let http = http(file.http, env_token)?;
+    let election = election(file.election)?;
     Ok(Settings {
         identity,
         region: file.region.filter(|r| !r.is_empty()),
@@ -806,7 +863,44 @@ fn validate(
         per_user_metrics: file.metrics.per_user,
         guards,
         policy,
+        election,
     })
+}
+
+fn election(file: ElectionFile) -> Result<Election, ConfigError> {
+    let timing = flightdeck_core::lease::Timing::new(
+        duration("election.lease_duration", &file.lease_duration)?,
+        duration("election.renew_deadline", &file.renew_deadline)?,
+        duration("election.retry_period", &file.retry_period)?,
+    )
+    .map_err(|(setting, reason)| invalid(setting, reason))?;
+    let identity = match file.identity.trim() {
+        "" => default_identity(),
+        given => given.to_owned(),
+    };
+    if identity.len() > 128 || identity.chars().any(|c| c.is_control() || c == '"') {
+        return Err(invalid(
+            "election.identity",
+            format!("`{identity}` must be at most 128 printable characters without quotes"),
+        ));
+    }
+    Ok(Election {
+        enabled: file.enabled,
+        timing,
+        identity,
+    })
+}
+
+/// The host's name and this process's id: unique among running replicas, and different
+/// after a restart.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "flightdeck".into());
+    format!("{host}-{}", std::process::id())
 }
 
 fn http(file: HttpFile, env_token: Option<String>) -> Result<Http, ConfigError> {
@@ -1014,6 +1108,26 @@ bucket = "cust"
                 "",
                 ("FLIGHTDECK_RECONCILE_PER_USER_WORK", "0"),
                 "reconcile.per_user_work",
+            ),
+            (
+                "",
+                ("FLIGHTDECK_ELECTION_LEASE_DURATION", "10s"),
+                "election.lease_duration",
+            ),
+            (
+                "",
+                ("FLIGHTDECK_ELECTION_RENEW_DEADLINE", "3s"),
+                "election.renew_deadline",
+            ),
+            (
+                "",
+                ("FLIGHTDECK_ELECTION_RETRY_PERIOD", "often"),
+                "election.retry_period",
+            ),
+            (
+                "",
+                ("FLIGHTDECK_ELECTION_IDENTITY", "a\"b"),
+                "election.identity",
             ),
             (
                 "",

@@ -274,6 +274,26 @@ impl ObjectStore for FakeStore {
         self.insert(key, body);
         Ok(())
     }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        body: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<String>, CallError> {
+        self.record("PutObject", key)?;
+        // One lock for the check and the write: the condition is atomic, as in S3.
+        let mut objects = lock(&self.objects);
+        let current = objects
+            .get(key)
+            .map(|(b, _)| format!("\"{}\"", self.etag_of(b)));
+        if current.as_deref() != etag {
+            return Ok(None);
+        }
+        let t = self.clock.fetch_add(1, Ordering::SeqCst) + 1_000;
+        objects.insert(key.to_owned(), (body.as_bytes().to_vec(), t));
+        Ok(Some(format!("\"{}\"", self.etag_of(body.as_bytes()))))
+    }
 }
 
 /// In-memory CloudFormation. New stacks take `create_status` (CREATE_COMPLETE unless set)

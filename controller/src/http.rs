@@ -12,6 +12,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use tracing::debug;
 
+use crate::leader::Fence;
 use crate::metrics::Metrics;
 use crate::queue::WorkQueue;
 
@@ -118,6 +119,9 @@ pub struct Endpoint {
     pub bucket: String,
     /// The home prefix (hints outside it are ignored).
     pub home_prefix: String,
+    /// Whether this replica leads: a standby answers hints with 503 so that the sender
+    /// tries another replica.
+    pub fence: Arc<Fence>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -190,6 +194,25 @@ where
         r.headers_mut().insert(
             "www-authenticate",
             hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    if endpoint.fence.term().is_none() {
+        // A standby would only drop the hint: 503 tells the forwarder to try the next
+        // replica (deploy/lambda/forward.py does), and the resync catches anything lost.
+        m.hint("standby");
+        let body = serde_json::json!({
+            "error": "this replica is a standby; send hints to the leader",
+            "leader": endpoint.fence.leader(),
+        });
+        let mut r = reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            format!("{body}\n"),
+        );
+        r.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static("1"),
         );
         return r;
     }
@@ -266,12 +289,13 @@ mod tests {
         let metrics = Arc::new(Metrics::new(false));
         Endpoint {
             queue: Arc::new(WorkQueue::new(metrics.clone())),
-            metrics,
+            metrics: metrics.clone(),
             health: Arc::new(Health::new(Duration::from_secs(60))),
             hint_token: Some(TOKEN.into()),
             max_hint_bytes: 2048,
             bucket: "users".into(),
             home_prefix: "home/".into(),
+            fence: crate::leader::Fence::unelected("test", metrics.clone()),
         }
     }
 
@@ -385,6 +409,35 @@ mod tests {
                 .render()
                 .contains("flightdeck_hints_total{outcome=\"unauthorized\"} 4")
         );
+    }
+
+    #[tokio::test]
+    async fn a_standby_answers_hints_with_503_so_the_sender_tries_the_leader() {
+        let metrics = Arc::new(Metrics::new(false));
+        let e = Endpoint {
+            fence: Fence::elected(
+                "replica-b",
+                flightdeck_core::lease::Timing::default(),
+                metrics.clone(),
+            ),
+            metrics,
+            ..endpoint()
+        };
+        let r = hint(&e, Some(TOKEN), "home/alice/x.cf-create").await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[hyper::header::RETRY_AFTER], "1");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("standby"), "{v}");
+        assert_eq!(e.queue.depth(), 0, "a standby queues nothing");
+        assert!(
+            e.metrics
+                .render()
+                .contains("flightdeck_hints_total{outcome=\"standby\"} 1")
+        );
+        // Without the token it learns nothing about who leads.
+        let r = hint(&e, None, "home/alice/x.cf-create").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]

@@ -77,6 +77,15 @@ impl<T: ObjectStore> ObjectStore for Instrumented<T> {
         self.call("s3", "DeleteObject", self.inner.delete(key))
             .await
     }
+    async fn put_if(
+        &self,
+        key: &str,
+        body: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<String>, CallError> {
+        self.call("s3", "PutObject", self.inner.put_if(key, body, etag))
+            .await
+    }
     async fn put_new(&self, key: &str, body: &str) -> Result<(), CallError> {
         self.call("s3", "PutObject", self.inner.put_new(key, body))
             .await

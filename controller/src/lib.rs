@@ -19,6 +19,7 @@ pub mod execute;
 pub mod fake;
 pub mod http;
 pub mod instrument;
+pub mod leader;
 pub mod ledger;
 pub mod metrics;
 pub mod notify;

@@ -163,7 +163,8 @@ impl Command {
                 let keys = std::fs::read_to_string(&ssh_key)
                     .with_context(|| format!("cannot read {}", ssh_key.display()))?;
                 let metrics = Arc::new(Metrics::new(false));
-                let cloud = flightdeck::app::aws_cloud(&settings, &metrics).await;
+                let fence = flightdeck::app::one_off(&metrics);
+                let cloud = flightdeck::app::aws_cloud(&settings, &metrics, &fence).await;
                 let done = flightdeck::enrol::enrol(
                     &cloud.customizer,
                     &flightdeck::enrol::Enrolment {
@@ -191,7 +192,14 @@ impl Command {
             }
             Command::Plan { config } => {
                 let settings = load(&config.config)?;
-                let rec = connect(settings, Arc::new(Metrics::new(false))).await?;
+                let metrics = Arc::new(Metrics::new(false));
+                // A plan changes nothing, so it needs no lease.
+                let rec = connect(
+                    settings,
+                    metrics.clone(),
+                    &flightdeck::app::one_off(&metrics),
+                )
+                .await?;
                 let report = rec
                     .resync(true, None)
                     .await

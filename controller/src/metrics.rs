@@ -30,8 +30,9 @@ pub const PHASES: [Phase; 7] = [
 ];
 
 /// Outcomes of hint records and hint requests.
-const HINT_OUTCOMES: [&str; 8] = [
+const HINT_OUTCOMES: [&str; 9] = [
     "accepted",
+    "standby",
     "duplicate",
     "other_bucket",
     "outside_home",
@@ -134,6 +135,11 @@ pub struct Metrics {
     http_refused: IntCounterVec,
     /// Per listener: when a refusal was last logged, and how many since.
     http_refusals_warned: Mutex<BTreeMap<&'static str, (Option<Instant>, u64)>>,
+    leader: IntGauge,
+    leader_term: IntGauge,
+    leader_changes: IntCounterVec,
+    lease_writes: IntCounterVec,
+    fenced: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -307,6 +313,34 @@ impl Metrics {
                 &["listener"],
             ),
             http_refusals_warned: Mutex::new(BTreeMap::new()),
+            leader: gauge(
+                &r,
+                "flightdeck_leader",
+                "1 while this replica holds the leader lease and may act; 0 while it stands by.",
+            ),
+            leader_term: gauge(
+                &r,
+                "flightdeck_leader_term",
+                "The lease term this replica acts in; 0 while it stands by.",
+            ),
+            leader_changes: counter_vec(
+                &r,
+                "flightdeck_leader_changes_total",
+                "Times this replica became the leader or stood down, by what it became.",
+                &["to"],
+            ),
+            lease_writes: counter_vec(
+                &r,
+                "flightdeck_lease_writes_total",
+                "Writes of the leader lease (create, take over, renew, release), by outcome (ok, conflict: another replica's version was there, error).",
+                &["outcome"],
+            ),
+            fenced: counter_vec(
+                &r,
+                "flightdeck_fenced_calls_total",
+                "Mutating calls not made (not_leader) or abandoned (cut_off) because this replica did not hold the lease with time to spare.",
+                &["reason"],
+            ),
             registry: r,
         };
         for phase in PHASES {
@@ -345,10 +379,43 @@ impl Metrics {
             }
         }
         m.expiries_held_back(0, None);
+        for to in ["leader", "standby"] {
+            m.leader_changes.with_label_values(&[to]);
+        }
+        for outcome in ["ok", "conflict", "error"] {
+            m.lease_writes.with_label_values(&[outcome]);
+        }
+        for reason in ["not_leader", "cut_off"] {
+            m.fenced.with_label_values(&[reason]);
+        }
         // The main listener always exists; the metrics listener only when configured.
         m.http_open.with_label_values(&["main"]).set(0);
         m.http_refused.with_label_values(&["main"]);
         m
+    }
+
+    /// This replica now leads in `term`, or (`None`) stands by. Logged by the elector.
+    pub fn leading(&self, term: Option<u64>) {
+        self.leader.set(i64::from(term.is_some()));
+        self.leader_term
+            .set(term.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)));
+    }
+
+    /// This replica became the leader (`true`) or stood down.
+    pub fn leader_changed(&self, leader: bool) {
+        self.leader_changes
+            .with_label_values(&[if leader { "leader" } else { "standby" }])
+            .inc();
+    }
+
+    /// A write of the lease object: `ok`, `conflict` or `error`.
+    pub fn lease_write(&self, outcome: &'static str) {
+        self.lease_writes.with_label_values(&[outcome]).inc();
+    }
+
+    /// A mutating call not made (`not_leader`) or abandoned (`cut_off`).
+    pub fn fenced(&self, reason: &'static str) {
+        self.fenced.with_label_values(&[reason]).inc();
     }
 
     /// The exposition text for `/metrics`.

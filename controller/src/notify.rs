@@ -1,10 +1,14 @@
 //! Notifications, delivered at most once per notice id (the same event of the same request)
-//! and retried until they go out, across restarts.
+//! and retried until they go out, across restarts and changes of leader.
 //!
 //! Under the controller's own prefix: `outbox/<id>.json` holds a notice not yet sent (written
-//! before the send, removed after), `notified/<id>` records one that was. The records are
-//! read once at start-up; the outbox is looked at on the first full resync and after a send
-//! failed, so a quiet pass costs no extra call.
+//! before the send, removed after), `notified/<id>` claims it. The claim is written with
+//! `If-None-Match: *` before the email is sent, so of two replicas (or a leader and its
+//! successor) only one can send it; a send that fails gives the claim back for a retry. A
+//! replica killed between its claim and its send leaves a notice that is never sent: at
+//! most once, not at least once. The records are read when a replica starts leading; the
+//! outbox is looked at on the first full resync and after a send failed, so a quiet pass
+//! costs no extra call.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -16,7 +20,7 @@ use flightdeck_core::report::notice_email;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::ports::{CallError, Instances, Mailer, ObjectStore, StackService};
+use crate::ports::{CallError, ErrorKind, Instances, Mailer, ObjectStore, StackService};
 use crate::reconcile::Reconciler;
 
 /// How long a record of a sent notice is kept (90 days).
@@ -119,6 +123,22 @@ where
             self.outbox_pending.store(true, Ordering::SeqCst);
             return;
         }
+        let record = format!("{}{}", self.notified_prefix(), notice.id);
+        match self.cloud.store.put_new(&record, "").await {
+            Ok(()) => {}
+            Err(e) if e.kind == ErrorKind::AlreadyExists => {
+                // Claimed before: sent, or its sender stopped between claim and send.
+                self.lock_delivered().insert(notice.id.clone());
+                self.tidy_outbox(outbox).await;
+                return;
+            }
+            Err(e) => {
+                warn!(user = %notice.key.user, cluster = %notice.key.cluster, event, error = %e, "notification not claimed, so not sent; will retry");
+                self.metrics.notification(event, "error");
+                self.outbox_pending.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
         let (subject, body) = notice_email(notice);
         let to = notify.recipients(&notice.key.user);
         match mailer.send(&to, &subject, &body).await {
@@ -126,19 +146,22 @@ where
                 info!(user = %notice.key.user, cluster = %notice.key.cluster, event, recipients = to.len(), "notified");
                 self.metrics.notification(event, "sent");
                 self.lock_delivered().insert(notice.id.clone());
-                let record = format!("{}{}", self.notified_prefix(), notice.id);
-                if let Err(e) = self.cloud.store.put(&record, "").await {
-                    warn!(error = %e, "notice sent, but its record could not be written");
-                }
-                if let Err(e) = self.cloud.store.delete(outbox).await {
-                    warn!(error = %e, "notice sent, but it could not be removed from the outbox");
-                }
+                self.tidy_outbox(outbox).await;
             }
             Err(e) => {
                 warn!(user = %notice.key.user, cluster = %notice.key.cluster, event, error = %e, "notification not sent; will retry");
                 self.metrics.notification(event, "error");
+                if let Err(e) = self.cloud.store.delete(&record).await {
+                    warn!(error = %e, id = %notice.id, "could not give back the claim of an unsent notice: it will not be sent");
+                }
                 self.outbox_pending.store(true, Ordering::SeqCst);
             }
+        }
+    }
+
+    async fn tidy_outbox(&self, outbox: &str) {
+        if let Err(e) = self.cloud.store.delete(outbox).await {
+            warn!(error = %e, "notice sent, but it could not be removed from the outbox");
         }
     }
 

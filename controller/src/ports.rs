@@ -134,6 +134,15 @@ pub trait ObjectStore: Send + Sync {
     /// Writes `body` only if no object `key` exists yet (S3's `If-None-Match: *`), so what
     /// is written is never overwritten; an existing object is [`ErrorKind::AlreadyExists`].
     fn put_new(&self, key: &str, body: &str) -> impl Future<Output = Result<(), CallError>> + Send;
+    /// Writes `body` only if the object is still the version `etag` (`If-Match`), or with
+    /// `None` only if no object `key` exists (`If-None-Match: *`). Returns the new ETag, or
+    /// `None` when the condition did not hold (written by someone else since, or gone).
+    fn put_if(
+        &self,
+        key: &str,
+        body: &str,
+        etag: Option<&str>,
+    ) -> impl Future<Output = Result<Option<String>, CallError>> + Send;
 }
 
 /// What CreateStack and UpdateStack send besides the spec.

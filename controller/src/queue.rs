@@ -205,6 +205,19 @@ impl WorkQueue {
         self.wake.notify_waiters();
     }
 
+    /// Drops every key, queued, delayed or in hand, and every backoff: a replica that stops
+    /// leading leaves its work to the next leader, which looks at everything in its first
+    /// full pass. Call it once no worker holds a key.
+    pub fn clear(&self) {
+        let mut s = self.lock();
+        let shut = s.shut;
+        *s = State {
+            shut,
+            ..State::default()
+        };
+        self.changed(&s, false);
+    }
+
     /// Keys waiting (ready or delayed), not counting those being processed.
     pub fn depth(&self) -> usize {
         self.lock().depth()

@@ -215,6 +215,56 @@ where
         &self.metrics
     }
 
+    /// Forgets what it keeps in memory, as a restart would. A replica that starts leading
+    /// calls it, then [`Reconciler::load_delivered`]: another replica may have acted since
+    /// this one last led. The usage book waits for a full listing again, orphan and expiry
+    /// grace start again (erring towards keeping), and cached requests, markers and stack
+    /// details are read afresh. The audit ledger keeps what it has not written yet: those
+    /// lines are true whoever leads.
+    pub fn forget(&self) {
+        // Every field is named, so a field added later must be placed on one side or the
+        // other here.
+        let Reconciler {
+            cloud: _,
+            settings: _,
+            rules: _,
+            metrics: _,
+            ledger: _,
+            ledger_seq: _,
+            user_locks: _,
+            started: _,
+            delivered,
+            usage,
+            outbox_pending,
+            usage_known,
+            requests,
+            first_seen,
+            seen_stacks,
+            written,
+            foreign_told,
+            enrolment,
+            notice_budgets,
+            details,
+            orphans,
+        } = self;
+        fn reset<T: Default>(m: &Mutex<T>) {
+            *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = T::default();
+        }
+        reset(delivered);
+        reset(usage);
+        reset(requests);
+        reset(first_seen);
+        reset(seen_stacks);
+        reset(written);
+        reset(foreign_told);
+        reset(enrolment);
+        reset(notice_budgets);
+        reset(details);
+        reset(orphans);
+        outbox_pending.store(true, std::sync::atomic::Ordering::SeqCst);
+        usage_known.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub(crate) fn context(&self) -> Context<'_> {
         Context {
             identity: &self.settings.identity,
@@ -981,3 +1031,7 @@ mod tests;
 #[cfg(test)]
 #[path = "hardening_tests.rs"]
 mod hardening_tests;
+
+#[cfg(test)]
+#[path = "takeover_tests.rs"]
+mod takeover_tests;

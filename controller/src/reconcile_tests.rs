@@ -76,6 +76,11 @@ pub(crate) fn settings(grace: Duration, max_deletes: usize) -> Settings {
         per_user_metrics: false,
         lifetime_warning: Duration::from_secs(3600),
         guards: crate::config::Guards::default(),
+        election: crate::config::Election {
+            enabled: false,
+            timing: flightdeck_core::lease::Timing::default(),
+            identity: "test".into(),
+        },
     }
 }
 

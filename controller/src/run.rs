@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flightdeck_core::key::ClusterKey;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::http::Health;
+use crate::leader::Fence;
 use crate::ports::{CallError, Instances, Mailer, ObjectStore, StackService};
 use crate::queue::WorkQueue;
 use crate::reconcile::{KeyOutcome, PassReport, Reconciler};
@@ -32,9 +33,11 @@ pub fn requeue(
     }
 }
 
-/// Runs until `shutdown` completes (or after one full pass with `once`). Workers finish the
-/// cluster they hold before the loop returns; a full pass in progress stops at its next
-/// call.
+/// Runs until `shutdown` completes (or after one full pass with `once`), acting only while
+/// `fence` says this replica leads. Each time it starts leading it forgets what it kept in
+/// memory and reads the notice records again; when it stops, its workers are stopped, its
+/// queue emptied, and it waits to lead again. Workers finish the cluster they hold before
+/// the loop returns on shutdown; a full pass in progress stops at its next call.
 ///
 /// # Errors
 /// With `once`, the listing error of the pass, if any.
@@ -42,6 +45,7 @@ pub async fn run<S, C, E, M>(
     rec: Arc<Reconciler<S, C, E, M>>,
     queue: Arc<WorkQueue>,
     health: Arc<Health>,
+    fence: Arc<Fence>,
     once: bool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), CallError>
@@ -51,52 +55,115 @@ where
     E: Instances + 'static,
     M: Mailer + 'static,
 {
-    let settings = rec.settings();
-    let (soon, cap) = (settings.busy_interval, settings.resync_interval);
-    if once {
-        let report = pass(&rec, None).await?;
-        log_pass(&report);
-        health.resynced();
-        return Ok(());
-    }
-    let workers: Vec<_> = (0..settings.concurrency)
-        .map(|_| {
-            let (rec, queue) = (rec.clone(), queue.clone());
-            tokio::spawn(async move {
-                while let Some(key) = queue.get().await {
-                    let outcome = rec.reconcile_key(&key).await;
-                    queue.done(&key);
-                    requeue(&queue, &key, &outcome, soon, cap);
-                }
-            })
-        })
-        .collect();
+    let mut leading = fence.watch();
     tokio::pin!(shutdown);
     loop {
-        // A shutdown cuts a long pass short between calls: every action is idempotent, each
-        // write to S3 is whole or absent, and the next start looks at everything again.
-        let pass = tokio::select! {
-            result = pass(&rec, Some(&queue)) => result,
+        let term = tokio::select! {
+            term = leading.wait_for(Option::is_some) => match term {
+                Ok(term) => term.unwrap_or_default(),
+                Err(_) => break,
+            },
             () = &mut shutdown => break,
+        };
+        if fence.elected_replica() {
+            rec.forget();
+            if let Err(e) = rec.load_delivered().await {
+                warn!(term, error = %e, "could not read which notices went out; waiting to try again");
+                tokio::time::sleep(rec.settings().busy_interval.min(Duration::from_secs(5))).await;
+                continue;
+            }
+        }
+        if once {
+            let report = pass(&rec, None).await?;
+            log_pass(&report);
+            health.resynced();
+            return Ok(());
+        }
+        let lost = async {
+            let _ = leading.wait_for(Option::is_none).await;
+        };
+        match lead(&rec, &queue, &health, lost, &mut shutdown).await {
+            Stop::Shutdown => break,
+            Stop::Lost => {
+                info!(
+                    term,
+                    "stopped acting: the clusters in hand are left to the next leader"
+                );
+                queue.clear();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why [`lead`] returned.
+enum Stop {
+    /// The process is stopping; the workers finished what they held.
+    Shutdown,
+    /// This replica no longer leads; its workers were stopped where they were.
+    Lost,
+}
+
+/// Leads until `lost` or `shutdown` completes: workers take clusters from the queue, and a
+/// full resync runs every interval.
+async fn lead<S, C, E, M>(
+    rec: &Arc<Reconciler<S, C, E, M>>,
+    queue: &Arc<WorkQueue>,
+    health: &Health,
+    lost: impl Future<Output = ()>,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Stop
+where
+    S: ObjectStore + 'static,
+    C: StackService + 'static,
+    E: Instances + 'static,
+    M: Mailer + 'static,
+{
+    let settings = rec.settings();
+    let (soon, cap) = (settings.busy_interval, settings.resync_interval);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..settings.concurrency {
+        let (rec, queue) = (rec.clone(), queue.clone());
+        workers.spawn(async move {
+            while let Some(key) = queue.get().await {
+                let outcome = rec.reconcile_key(&key).await;
+                queue.done(&key);
+                requeue(&queue, &key, &outcome, soon, cap);
+            }
+        });
+    }
+    tokio::pin!(lost);
+    let stop = loop {
+        // A shutdown or a lost lease cuts a long pass short between calls: every action is
+        // idempotent, each write to S3 is whole or absent, and the next leader looks at
+        // everything again.
+        let pass = tokio::select! {
+            result = pass(rec, Some(queue)) => result,
+            () = &mut *shutdown => break Stop::Shutdown,
+            () = &mut lost => break Stop::Lost,
         };
         if let Ok(report) = pass {
             log_pass(&report);
             health.resynced();
             for (key, outcome) in &report.outcomes {
-                requeue(&queue, key, outcome, soon, cap);
+                requeue(queue, key, outcome, soon, cap);
             }
         }
         tokio::select! {
             () = tokio::time::sleep(settings.resync_interval) => {}
-            () = &mut shutdown => break,
+            () = &mut *shutdown => break Stop::Shutdown,
+            () = &mut lost => break Stop::Lost,
         }
+    };
+    match stop {
+        Stop::Shutdown => {
+            info!("shutting down: finishing the clusters in hand");
+            queue.shutdown();
+        }
+        Stop::Lost => workers.abort_all(),
     }
-    info!("shutting down: finishing the clusters in hand");
-    queue.shutdown();
-    for w in workers {
-        let _ = w.await;
-    }
-    Ok(())
+    while workers.join_next().await.is_some() {}
+    stop
 }
 
 /// One full resync within the pass deadline. A failed pass (a listing failed) and an

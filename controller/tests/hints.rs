@@ -77,6 +77,11 @@ fn reconciler() -> Rec {
         },
         per_user_metrics: false,
         guards: flightdeck::config::Guards::default(),
+        election: flightdeck::config::Election {
+            enabled: false,
+            timing: flightdeck_core::lease::Timing::default(),
+            identity: "bench".into(),
+        },
         lifetime_warning: Duration::from_secs(3600),
         policy: flightdeck_core::policy::Policy::parse(
             "version = 1\n[limits]\nrequire_enrolment = false\n[parameters.ComputeMaxNodes]\nupdatable = true\n[parameters.ComputeInstanceType]\n[parameters.MasterInstanceType]\n",

@@ -14,11 +14,13 @@
 //! - [`nodes`]: a cluster's instances, terminated before its stack is deleted.
 //! - [`policy`]: the admission policy (limits.toml): parameters, prices, limits.
 //! - [`plan`]: the reconcile table, `plan(observed) -> actions`.
+//! - [`lease`]: leader election on one S3 object, and when the leader may act.
 
 pub mod admission;
 pub mod hint;
 pub mod identity;
 pub mod key;
+pub mod lease;
 pub mod money;
 pub mod nodes;
 pub mod orphan;

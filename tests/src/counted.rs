@@ -94,6 +94,15 @@ impl<T: ObjectStore> ObjectStore for Counted<T> {
         self.count();
         self.inner.put_new(key, body).await
     }
+    async fn put_if(
+        &self,
+        key: &str,
+        body: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<String>, CallError> {
+        self.count();
+        self.inner.put_if(key, body, etag).await
+    }
 }
 
 impl<T: Mailer> Mailer for Counted<T> {

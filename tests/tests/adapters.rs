@@ -192,6 +192,40 @@ async fn s3_get_put_delete_and_any_under() {
 }
 
 #[tokio::test]
+async fn s3_conditional_writes_let_only_the_version_seen_be_replaced() {
+    let store = store().await;
+    let key = "flightdeck/leader.json";
+    let first = store
+        .put_if(key, "a1", None)
+        .await
+        .expect("create")
+        .expect("no object yet, so written");
+    assert_eq!(
+        store.put_if(key, "b1", None).await.expect("second create"),
+        None,
+        "If-None-Match: * refuses an existing object"
+    );
+    let second = store
+        .put_if(key, "a2", Some(&first))
+        .await
+        .expect("renew")
+        .expect("the version seen, so written");
+    assert_ne!(first, second);
+    assert_eq!(
+        store.put_if(key, "b2", Some(&first)).await.expect("stale"),
+        None,
+        "If-Match with a version replaced since is refused"
+    );
+    assert_eq!(store.get(key).await.unwrap().unwrap().body, b"a2");
+    store.delete(key).await.unwrap();
+    assert_eq!(
+        store.put_if(key, "b3", Some(&second)).await.expect("gone"),
+        None,
+        "If-Match on a removed object is refused"
+    );
+}
+
+#[tokio::test]
 async fn s3_markers_carry_their_content_types() {
     let emulator = Emulator::shared();
     let store = store().await;

@@ -56,6 +56,14 @@ impl ObjectStore for StaleListing {
     async fn put_new(&self, key: &str, body: &str) -> Result<(), CallError> {
         self.0.put_new(key, body).await
     }
+    async fn put_if(
+        &self,
+        key: &str,
+        body: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<String>, CallError> {
+        self.0.put_if(key, body, etag).await
+    }
 }
 
 /// This process's peak resident memory so far, in bytes (`VmHWM`).

@@ -309,6 +309,46 @@ impl ObjectStore for S3Store {
             })
     }
 
+    async fn put_if(
+        &self,
+        key: &str,
+        body: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<String>, CallError> {
+        const OPERATION: &str = "PutObject";
+        let put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type(key))
+            .body(ByteStream::from(body.as_bytes().to_vec()));
+        let put = match etag {
+            Some(etag) => put.if_match(etag),
+            None => put.if_none_match("*"),
+        };
+        match put.send().await {
+            Ok(answer) => answer.e_tag().map(|e| Some(e.to_owned())).ok_or_else(|| {
+                local(
+                    SERVICE,
+                    OPERATION,
+                    ErrorKind::Other,
+                    format!("the answer to writing {key} has no ETag"),
+                )
+            }),
+            Err(e) => {
+                let err = classify(SERVICE, OPERATION, &e);
+                match err.code.as_deref() {
+                    // 409 ConditionalRequestConflict: a concurrent conditional write won.
+                    Some(
+                        "PreconditionFailed" | "412" | "NoSuchKey" | "ConditionalRequestConflict",
+                    ) => Ok(None),
+                    _ => Err(err),
+                }
+            }
+        }
+    }
+
     async fn delete(&self, key: &str) -> Result<(), CallError> {
         match self
             .client

@@ -19,12 +19,13 @@ fn endpoint() -> Arc<Endpoint> {
     let metrics = Arc::new(Metrics::new(false));
     Arc::new(Endpoint {
         queue: Arc::new(WorkQueue::new(metrics.clone())),
-        metrics,
+        metrics: metrics.clone(),
         health: Arc::new(Health::new(Duration::from_secs(60))),
         hint_token: Some(TOKEN.into()),
         max_hint_bytes: 4096,
         bucket: "users".into(),
         home_prefix: "home/".into(),
+        fence: crate::leader::Fence::unelected("test", metrics.clone()),
     })
 }
 

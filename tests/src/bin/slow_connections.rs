@@ -116,12 +116,13 @@ fn endpoint() -> Arc<Endpoint> {
     let metrics = Arc::new(Metrics::new(false));
     Arc::new(Endpoint {
         queue: Arc::new(WorkQueue::new(metrics.clone())),
-        metrics,
+        metrics: metrics.clone(),
         health: Arc::new(Health::new(Duration::from_secs(60))),
         hint_token: Some("bench-token-0123456789".into()),
         max_hint_bytes: 256 * 1024,
         bucket: "users".into(),
         home_prefix: "home/".into(),
+        fence: flightdeck::leader::Fence::unelected("bench", metrics.clone()),
     })
 }
 

@@ -1,0 +1,113 @@
+//! A replica that starts leading: what it must forget, and what it must not do twice.
+
+use super::tests::{SEED, policy_text, rec, rec_with, settings, text};
+use flightdeck_core::key::ClusterKey;
+
+#[tokio::test]
+async fn a_new_leader_forgets_the_usage_it_kept_and_admits_nothing_before_a_full_listing() {
+    let mut settings = settings(std::time::Duration::from_secs(600), 5);
+    settings.policy = flightdeck_core::policy::Policy::parse(&format!(
+        "{}[users.alice]\nclusters = 1\n",
+        policy_text()
+    ))
+    .unwrap();
+    let rec = rec_with(settings);
+    rec.resync(false, None).await.unwrap();
+    // Alice's one cluster.
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    let key_x = ClusterKey::new("alice", "x").unwrap();
+    rec.reconcile_key(&key_x).await;
+    assert_eq!(rec.cloud().stacks.names(), ["fd-alice-x"]);
+
+    // Leading again: its usage book is forgotten, so a hinted request waits for the pass.
+    rec.forget();
+    rec.cloud().store.insert("home/alice/y.cf-create", SEED);
+    let key_y = ClusterKey::new("alice", "y").unwrap();
+    let hinted = rec.reconcile_key(&key_y).await;
+    assert!(
+        hinted.soon,
+        "looked at again once usage is known: {hinted:?}"
+    );
+    assert_eq!(rec.cloud().stacks.names(), ["fd-alice-x"]);
+    rec.resync(false, None).await.unwrap();
+    assert_eq!(rec.cloud().stacks.names(), ["fd-alice-x"]);
+    assert!(text(&rec, "home/alice/y.cf-failed").contains("your limit is 1"));
+}
+
+#[tokio::test]
+async fn a_notice_another_replica_claimed_is_not_sent_again() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    let mailer = rec.cloud().mailer.as_ref().unwrap();
+    let sent = mailer.subjects();
+    assert_eq!(
+        sent.iter().filter(|s| s.ends_with("is ready")).count(),
+        1,
+        "{sent:?}"
+    );
+
+    // Leading again, it reads the records, deletes the cluster and notifies once.
+    rec.cloud().store.insert("home/alice/x.cf-delete", "");
+    let claims_before = notice_claims(&rec);
+    rec.forget();
+    rec.load_delivered().await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap();
+    let deleted_claim: Vec<String> = notice_claims(&rec)
+        .into_iter()
+        .filter(|k| !claims_before.contains(k))
+        .collect();
+    assert_eq!(
+        deleted_claim.len(),
+        1,
+        "the deletion notice was claimed once"
+    );
+    let deleted = |rec: &super::tests::Rec| {
+        rec.cloud()
+            .mailer
+            .as_ref()
+            .unwrap()
+            .subjects()
+            .iter()
+            .filter(|s| s.ends_with("is deleted"))
+            .count()
+    };
+    assert_eq!(deleted(&rec), 1);
+
+    // A second replica that has not read the records yet meets the same notice: the claim
+    // written before the send stops it.
+    rec.forget();
+    rec.cloud()
+        .mailer
+        .as_ref()
+        .unwrap()
+        .sent
+        .lock()
+        .unwrap()
+        .clear();
+    let outbox = format!(
+        "flightdeck/outbox/{}.json",
+        &deleted_claim[0]["flightdeck/notified/".len()..]
+    );
+    rec.cloud().store.insert(
+        &outbox,
+        serde_json::json!({"id": &deleted_claim[0]["flightdeck/notified/".len()..], "event": "deleted", "user": "alice", "cluster": "x", "stack": "fd-alice-x", "detail": ""}).to_string(),
+    );
+    rec.resync(false, None).await.unwrap();
+    assert_eq!(deleted(&rec), 0, "sent once, by whoever claimed it first");
+    assert!(
+        rec.cloud().store.text(&outbox).is_none(),
+        "the outbox is tidied"
+    );
+}
+
+fn notice_claims(rec: &super::tests::Rec) -> Vec<String> {
+    rec.cloud()
+        .store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("flightdeck/notified/"))
+        .collect()
+}
