@@ -13,7 +13,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 BIN := $(CARGO_TARGET_DIR)/debug/flightdeck
 
-.PHONY: demo test lint deny deny-advisories advisory-db build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints bench-http image image-setup image-test k8s-lint lambda-test emulator-test cluster-test box-rootfs
+.PHONY: demo test lint deny deny-advisories advisory-db build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints bench-http image image-setup image-test k8s-lint lambda-test aws-smoke emulator-test cluster-test box-rootfs
 
 ## demo: start the emulator, run the controller, create and delete a cluster with the aws CLI
 demo: venv build
@@ -21,7 +21,7 @@ demo: venv build
 
 ## test: every test: unit, emulator integration and end-to-end, plus the linters, the
 ## dependency checks and the monitoring checked live on a real Prometheus
-test: venv packages emulator-test lint deny monitoring-lint k8s-lint lambda-test
+test: venv packages emulator-test lint deny monitoring-lint k8s-lint lambda-test aws-smoke
 	$(CARGO) test --workspace --all-targets --locked
 	$(MAKE) monitoring-live
 	$(MAKE) cluster-test
@@ -36,14 +36,16 @@ cluster-test: venv packages build
 box-rootfs: packages
 	tests/box/rootfs.sh
 
-## lint: rustfmt, clippy, cfn-lint (template), parliament (IAM policies), shellcheck (scripts)
+## lint: rustfmt, clippy, cfn-lint (templates), parliament (IAM policies), the install
+## template's policies against policies/*.json, shellcheck (scripts)
 lint: venv packages
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	$(VENV)/bin/cfn-lint templates/*.yaml
+	$(VENV)/bin/cfn-lint templates/*.yaml deploy/aws/*.yaml
+	$(VENV)/bin/python deploy/aws/check_policies.py
 	$(VENV)/bin/python templates/bootstrap-body.py templates/cluster.yaml | shellcheck -s bash -
 	policies/check.sh
-	shellcheck deploy/local/*.sh deploy/*.sh deploy/grafana/check/check.sh deploy/image/*.sh deploy/k8s/*.sh \
+	shellcheck deploy/local/*.sh deploy/*.sh deploy/grafana/check/check.sh deploy/image/*.sh deploy/k8s/*.sh deploy/aws/*.sh \
 	  policies/*.sh customizer/default/configure.d/*.sh customizer/default/configure.d/lib/*.sh \
 	  customizer/default/configure.d/slurm/* tests/box/*.sh .ci/run
 
@@ -143,7 +145,13 @@ image-test: venv packages image
 k8s-lint: venv
 	deploy/k8s/check.sh
 
-## lambda-test: the hint forwarder's unit tests and its CloudFormation template
+## lambda-test: the hint forwarder's and the bucket notification function's unit tests and
+## the forwarder's CloudFormation template
 lambda-test: venv
-	$(PYTHON) -m unittest deploy/lambda/test_forward.py
+	$(PYTHON) -m unittest deploy/lambda/test_forward.py deploy/aws/test_bucket_notification.py
 	$(VENV)/bin/cfn-lint deploy/lambda/forwarder.yaml
+
+## aws-smoke: the install stack (deploy/aws/flightdeck.yaml) created with the aws CLI on the
+## emulator and checked; the controller checks the task's environment as its configuration
+aws-smoke: venv packages build
+	FLIGHTDECK_BIN=$(BIN) deploy/aws/smoke.sh

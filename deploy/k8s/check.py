@@ -11,6 +11,9 @@
 - The references between the manifests must hold: selectors match labels, named ports
   exist, the service account, ConfigMap and Secret mounts fit the controller's
   configuration (whose TOML must parse) and its probes.
+- Two replicas with leader election: RollingUpdate, each pod's name as its election
+  identity, a PodDisruptionBudget that keeps one pod, and irsa-trust.json (the IAM role's
+  trust policy) naming the manifests' namespace and service account.
 
 Usage: python check.py [DIR] [--version 1.37.0] [--rendered FILE]
 """
@@ -130,8 +133,12 @@ def cross_check(c, by_kind, namespace):
     pod_labels = spec["template"]["metadata"].get("labels", {})
     c.check(matches(spec["selector"].get("matchLabels"), pod_labels),
             "Deployment selector matches its pod labels")
-    c.check(spec.get("replicas") == 1 and spec.get("strategy", {}).get("type") == "Recreate",
-            "Deployment: 1 replica, strategy Recreate (no leader election)")
+    c.check(spec.get("replicas") == 2 and spec.get("strategy", {}).get("type") == "RollingUpdate",
+            "Deployment: 2 replicas (leader and standby), strategy RollingUpdate")
+    for pdb in by_kind.get("PodDisruptionBudget", []):
+        c.check(pdb["spec"].get("minAvailable") == 1
+                and matches(pdb["spec"].get("selector", {}).get("matchLabels"), pod_labels),
+                f"{name_of(pdb)}: minAvailable 1 of the controller's pods")
     c.check(matches(svc["spec"].get("selector"), pod_labels), "Service selector matches the pod labels")
     c.check(pod.get("serviceAccountName") == sa["metadata"]["name"],
             f"Deployment uses ServiceAccount {sa['metadata']['name']}")
@@ -156,7 +163,11 @@ def cross_check(c, by_kind, namespace):
     for x in ("requests", "limits"):
         for k, v in res.get(x, {}).items():
             c.check(QUANTITY.match(str(v)) is not None, f"resources.{x}.{k} {v!r} is a quantity")
-    c.check(any(e.get("name") == "AWS_REGION" for e in ctr.get("env", [])), "env AWS_REGION")
+    env = {e.get("name"): e for e in ctr.get("env", [])}
+    c.check("AWS_REGION" in env, "env AWS_REGION")
+    identity = env.get("FLIGHTDECK_ELECTION_IDENTITY", {}).get("valueFrom", {}).get("fieldRef", {})
+    c.check(identity.get("fieldPath") == "metadata.name",
+            "env FLIGHTDECK_ELECTION_IDENTITY is the pod's name (downward API)")
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = ctr.get(probe, {}).get("httpGet", {})
         c.check(get.get("path") == path and get.get("port") in ports,
@@ -184,6 +195,7 @@ def cross_check(c, by_kind, namespace):
     except tomllib.TOMLDecodeError as e:
         return c.fail(f"ConfigMap {key}: not TOML: {e}")
     c.check("endpoint_url" not in conf, "no endpoint_url in the production configuration")
+    c.check(conf.get("election", {}).get("enabled", True) is True, "election.enabled (two replicas need it)")
     http = conf.get("http", {})
     listen_port = int(str(http.get("listen", ":")).rpartition(":")[2] or 0)
     c.check(listen_port in ports.values(), f"http.listen port {listen_port} is a container port")
@@ -219,6 +231,31 @@ def cross_check(c, by_kind, namespace):
                     f"{name_of(sm)} scrapes the port /metrics is served on ({metrics_port})")
 
 
+def check_trust(c, path, namespace, sa):
+    """irsa-trust.json: web identity from one OIDC provider, for this service account only."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return c.fail(f"{path.name}: {e}")
+    statements = doc.get("Statement", [])
+    if not c.check(len(statements) == 1, f"{path.name}: one statement"):
+        return
+    st = statements[0]
+    provider = st.get("Principal", {}).get("Federated", "")
+    c.check(st.get("Effect") == "Allow" and st.get("Action") == "sts:AssumeRoleWithWebIdentity"
+            and ":oidc-provider/" in provider,
+            f"{path.name}: AssumeRoleWithWebIdentity for an OIDC provider")
+    issuer = provider.partition(":oidc-provider/")[2]
+    equals = st.get("Condition", {}).get("StringEquals", {})
+    subject = f"system:serviceaccount:{namespace}:{sa['metadata']['name']}"
+    c.check(equals.get(f"{issuer}:sub") == subject,
+            f"{path.name}: only {subject} (the manifests' namespace and service account)")
+    c.check(equals.get(f"{issuer}:aud") == "sts.amazonaws.com", f"{path.name}: audience sts.amazonaws.com")
+    role = sa["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn", "")
+    c.check(role.split(":")[4:5] == provider.split(":")[4:5],
+            f"{path.name}: the provider is in the account of the ServiceAccount's role")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir", nargs="?", default=str(pathlib.Path(__file__).parent))
@@ -242,6 +279,9 @@ def main():
             validate_schema(c, path.name, res, root / "schemas", registry)
             by_kind.setdefault(res.get("kind"), []).append(res)
     cross_check(c, by_kind, namespace)
+    accounts = by_kind.get("ServiceAccount", [])
+    if len(accounts) == 1:
+        check_trust(c, root / "irsa-trust.json", namespace, accounts[0])
 
     if args.rendered:
         rendered = load(pathlib.Path(args.rendered))

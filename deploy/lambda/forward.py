@@ -23,12 +23,21 @@ them would not help.
 Environment:
 
 - ``FLIGHTDECK_HINTS_URL`` (required): the controller's hint endpoint, e.g.
-  ``https://flightdeck.example.org/hints``;
+  ``https://flightdeck.example.org/hints`` or, for controllers registered in a private DNS
+  namespace, ``http://controller.flightdeck.internal:8080/hints``;
 - ``FLIGHTDECK_HINT_TOKEN`` (required): the bearer token the controller expects;
 - ``FLIGHTDECK_HINTS_TIMEOUT`` (optional): seconds to wait for the controller, default 5.
 
-Each call logs one line. A non-2xx answer, a network error or a time-out is logged and
-raised, so Lambda's own retry applies (S3 and SNS invoke asynchronously: two more tries;
+Several controllers: the URL's host name may resolve to several addresses (one per
+controller replica, as AWS Cloud Map's multivalue answers do). Each address is tried in
+turn, with the host name kept in the ``Host`` header and for TLS, until one answers 2xx.
+Only the leader acts on hints: a standby answers 503 (with ``Retry-After`` and the
+leader's identity in a JSON body), and so does nothing else, so a 503, a network error or a
+time-out means "try the next address". Any other answer (401 bad token, 413 too large, ...)
+would be the same from every replica and fails at once.
+
+Each call logs one line. When no address accepts the hint, or on any other non-2xx
+answer, the failure is logged and raised, so Lambda's own retry applies (S3 and SNS invoke asynchronously: two more tries;
 SQS makes the message visible again). Losing a hint anyway is harmless: hints only make
 the controller look sooner, and its periodic full resync converges to the same state
 without them. The event's content is never trusted by the controller, only the keys it
@@ -37,12 +46,14 @@ names.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
+import socket
+import ssl
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 
 LOG = logging.getLogger("flightdeck.forward")
 LOG.setLevel(logging.INFO)
@@ -62,19 +73,32 @@ class ForwardError(RuntimeError):
     """The controller did not accept the hint (or the forwarder is not configured)."""
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Treat a redirect as a failure: following it would turn the POST into a GET."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
-        return None
+class _Refused(ForwardError):
+    """This address did not take the hint, but another one may: a standby or a dead replica."""
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+class Target:
+    """The hint endpoint, split: where to connect and what to ask for."""
+
+    def __init__(self, url: str):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ForwardError(f"{URL_ENV} must be an http:// or https:// URL, not {url!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ForwardError(f"{URL_ENV} has a bad port: {url!r}") from None
+        self.url = url
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = port or (443 if self.tls else 80)
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def handler(event, context):  # noqa: ARG001 (the Lambda signature)
     """Lambda entry point: forward the S3 records in ``event`` to the controller."""
-    url, token, timeout = _settings()
+    target, token, timeout = _settings()
+    url = target.url
     records = s3_records(event)
     if not records:
         LOG.info("flightdeck-forward: no S3 records in the event; nothing forwarded")
@@ -90,21 +114,59 @@ def handler(event, context):  # noqa: ARG001 (the Lambda signature)
     keys = [_key(r) for r in records]
     started = time.monotonic()
     statuses = []
-    for body in bodies:
-        try:
-            statuses.append(_post(url, token, timeout, body))
-        except ForwardError as e:
-            LOG.error(
-                "flightdeck-forward: FAILED %d record(s) %s to %s after %d ms: %s",
-                len(records), _describe(keys), url, _ms(started), e,
-            )
-            raise
+    passed = []  # what each address said before one took the hint
+    try:
+        addresses = addresses_of(target)
+        for body in bodies:
+            status, address, refusals = _post_to_any(target, addresses, token, timeout, body)
+            statuses.append(status)
+            passed.extend(refusals)
+            # The next batch goes first to the address that took this one (the leader).
+            addresses.remove(address)
+            addresses.insert(0, address)
+    except ForwardError as e:
+        LOG.error(
+            "flightdeck-forward: FAILED %d record(s) %s to %s after %d ms: %s",
+            len(records), _describe(keys), url, _ms(started), e,
+        )
+        raise
     LOG.info(
-        "flightdeck-forward: forwarded %d record(s) %s to %s in %d post(s), status %s, %d ms",
+        "flightdeck-forward: forwarded %d record(s) %s to %s in %d post(s), status %s from %s%s, %d ms",
         len(records), _describe(keys), url, len(bodies),
-        ",".join(str(s) for s in statuses), _ms(started),
+        ",".join(str(s) for s in statuses), addresses[0],
+        f" (passed over: {'; '.join(passed)})" if passed else "", _ms(started),
     )
     return {"forwarded": len(records), "posts": len(bodies), "status": statuses[-1]}
+
+
+def addresses_of(target: Target) -> list:
+    """Every address the target's host name resolves to, in the resolver's order, once each."""
+    try:
+        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ForwardError(f"cannot resolve {target.host}: {e}") from e
+    addresses = []
+    for *_, sockaddr in infos:
+        if sockaddr[0] not in addresses:
+            addresses.append(sockaddr[0])
+    if not addresses:
+        raise ForwardError(f"cannot resolve {target.host}: no addresses")
+    return addresses
+
+
+def _post_to_any(target, addresses, token, timeout, body):
+    """POSTs ``body`` to each address in turn until one takes it.
+
+    Returns (status, address, what the addresses tried before it said). Raises ForwardError
+    when none takes it, or at once on an answer that every replica would give.
+    """
+    refusals = []
+    for address in addresses:
+        try:
+            return _post(target, address, token, timeout, body), address, refusals
+        except _Refused as e:
+            refusals.append(f"{address}: {e}")
+    raise ForwardError(f"no controller took the hint: {'; '.join(refusals)}")
 
 
 def s3_records(event) -> list:
@@ -165,8 +227,7 @@ def _settings():
             f"{URL_ENV} is not set: set it to the controller's hint endpoint, "
             "e.g. https://flightdeck.example.org/hints"
         )
-    if not url.startswith(("http://", "https://")):
-        raise ForwardError(f"{URL_ENV} must be an http:// or https:// URL, not {url!r}")
+    target = Target(url)
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         raise ForwardError(
@@ -180,7 +241,7 @@ def _settings():
         raise ForwardError(f"{TIMEOUT_ENV} must be a number of seconds, not {raw!r}") from None
     if timeout <= 0:
         raise ForwardError(f"{TIMEOUT_ENV} must be positive, not {raw!r}")
-    return url, token, timeout
+    return target, token, timeout
 
 
 def _dump(doc) -> bytes:
@@ -199,30 +260,61 @@ def _batches(records) -> list:
     return bodies
 
 
-def _post(url, token, timeout, body) -> int:
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {token}",
-            "User-Agent": "flightdeck-hint-forwarder",
-        },
-    )
+def _post(target, address, token, timeout, body) -> int:
+    """One POST to one address of the target; the status when it is 2xx.
+
+    Raises _Refused for a 503 (a standby), a network error or a time-out, ForwardError for
+    any other answer. A redirect is an answer like any other: http.client never follows it
+    (following would turn the POST into a GET).
+    """
+    if target.tls:
+        connection = http.client.HTTPSConnection(
+            target.host, target.port, timeout=timeout, context=ssl.create_default_context()
+        )
+    else:
+        connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+
+    # Connect to this address, while the Host header and TLS (SNI, certificate check) keep
+    # using the host name: http.client opens its socket through this attribute.
+    def connect(host_port, *args):
+        return socket.create_connection((address, host_port[1]), *args)
+
+    connection._create_connection = connect
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            status = response.status
-            response.read(4096)
-    except urllib.error.HTTPError as e:
-        detail = e.read(200).decode("utf-8", "replace").strip()
-        raise ForwardError(f"HTTP {e.code} {e.reason}" + (f": {detail}" if detail else "")) from e
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise ForwardError(f"network error: {reason}") from e
-    if not 200 <= status < 300:
-        raise ForwardError(f"HTTP {status}")
-    return status
+        connection.request(
+            "POST",
+            target.path,
+            body=body,
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {token}",
+                "User-Agent": "flightdeck-hint-forwarder",
+            },
+        )
+        response = connection.getresponse()
+        status, reason = response.status, response.reason
+        detail = response.read(200 if status >= 300 else 4096)
+    except (OSError, http.client.HTTPException) as e:
+        raise _Refused(f"network error: {e or type(e).__name__}") from e
+    finally:
+        connection.close()
+    if 200 <= status < 300:
+        return status
+    message = f"HTTP {status} {reason}"
+    if status == 503:
+        leader = _leader(detail)
+        raise _Refused(message + (f" (standby; leader {leader})" if leader else " (standby)"))
+    text = detail.decode("utf-8", "replace").strip()
+    raise ForwardError(message + (f": {text}" if text else ""))
+
+
+def _leader(body: bytes):
+    """The leader named in a standby's 503 body, if it names one."""
+    try:
+        leader = json.loads(body).get("leader")
+    except (ValueError, AttributeError):
+        return None
+    return leader if isinstance(leader, str) and leader else None
 
 
 def _key(record) -> str:

@@ -263,5 +263,176 @@ class ForwardTest(unittest.TestCase):
         self.assertEqual(self.server.requests, [])
 
 
+class Replica(http.server.BaseHTTPRequestHandler):
+    """One controller replica: the leader takes hints (202), a standby answers as the
+    controller's does (503, Retry-After, the leader's identity in a JSON body)."""
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        length = int(self.headers.get("Content-Length", "0"))
+        self.server.requests.append((dict(self.headers), self.rfile.read(length)))
+        status = self.server.status
+        if status == 503:
+            reply = json.dumps({"error": "not the leader", "leader": self.server.leader}).encode()
+        else:
+            reply = b'{"accepted":1}' if status < 300 else b"no"
+        self.send_response(status)
+        if status == 503:
+            self.send_header("Retry-After", "1")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+HOST = "controllers.flightdeck.test"
+REAL_GETADDRINFO = socket.getaddrinfo
+
+
+class ReplicasTest(unittest.TestCase):
+    """Several controllers behind one name (AWS Cloud Map: one A record per task).
+
+    The replicas listen on 127.0.0.1, .2 and .3 (all loopback on Linux) at one port, and
+    the name resolves to those addresses in that order.
+    """
+
+    ADDRESSES = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.replicas = []
+        for _ in range(20):  # a port free on all three addresses
+            port = 0
+            servers = []
+            try:
+                for address in cls.ADDRESSES:
+                    server = http.server.ThreadingHTTPServer((address, port), Replica)
+                    port = server.server_address[1]
+                    servers.append(server)
+            except OSError:
+                for server in servers:
+                    server.server_close()
+                continue
+            cls.replicas, cls.port = servers, port
+            break
+        if not cls.replicas:
+            raise RuntimeError("no port free on 127.0.0.1-3 for the replicas")
+        for server in cls.replicas:
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        for server in cls.replicas:
+            server.shutdown()
+            server.server_close()
+
+    def setUp(self):
+        for server in self.replicas:
+            server.requests = []
+            server.status = 503
+            server.leader = "flightdeck-7d9f-x2"
+        self.answers = list(self.ADDRESSES)
+        env = {
+            forward.URL_ENV: f"http://{HOST}:{self.port}/hints",
+            forward.TOKEN_ENV: TOKEN,
+            forward.TIMEOUT_ENV: "2",
+        }
+        for patcher in (
+            mock.patch.dict(os.environ, env, clear=False),
+            mock.patch.object(socket, "getaddrinfo", self.resolve),
+        ):
+            patcher.start()
+            self.addCleanup(patcher.stop)
+
+    def resolve(self, host, port, *args, **kwargs):
+        """The name resolves to self.answers; any other name as usual."""
+        if host != HOST:
+            return REAL_GETADDRINFO(host, port, *args, **kwargs)
+        if not self.answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in self.answers]
+
+    def asked(self):
+        """How many requests each replica received."""
+        return [len(server.requests) for server in self.replicas]
+
+    def test_standby_is_passed_over_for_the_leader(self):
+        self.replicas[1].status = 202
+        with self.assertLogs("flightdeck.forward", level="INFO") as logs:
+            result = forward.handler(s3_event("home/alice/x.cf-create"), None)
+        self.assertEqual(result, {"forwarded": 1, "posts": 1, "status": 202})
+        self.assertEqual(self.asked(), [1, 1, 0])
+        for headers, body in self.replicas[0].requests + self.replicas[1].requests:
+            self.assertEqual(headers["Host"], f"{HOST}:{self.port}")
+            self.assertEqual(headers["Authorization"], f"Bearer {TOKEN}")
+            self.assertEqual(json.loads(body), s3_event("home/alice/x.cf-create"))
+        self.assertEqual(len(logs.output), 1, logs.output)
+        self.assertIn("from 127.0.0.2", logs.output[0])
+        self.assertIn("127.0.0.1: HTTP 503", logs.output[0])
+        self.assertIn("leader flightdeck-7d9f-x2", logs.output[0])
+
+    def test_no_leader_anywhere_raises_after_asking_each_once(self):
+        self.replicas[2].leader = None  # a standby that has not seen a leader yet
+        with self.assertLogs("flightdeck.forward", level="ERROR") as logs:
+            with self.assertRaises(forward.ForwardError) as raised:
+                forward.handler(s3_event("home/alice/x.cf-create"), None)
+        self.assertEqual(self.asked(), [1, 1, 1])
+        message = str(raised.exception)
+        for address in self.ADDRESSES:
+            self.assertIn(f"{address}: HTTP 503", message)
+        self.assertEqual(len(logs.output), 1)
+        self.assertIn("FAILED", logs.output[0])
+
+    def test_an_address_nobody_listens_on_is_passed_over(self):
+        self.answers = ["127.0.0.4", "127.0.0.3"]  # a task gone, its record not yet
+        self.replicas[2].status = 202
+        with self.assertLogs("flightdeck.forward", level="INFO") as logs:
+            result = forward.handler(s3_event("home/alice/x.cf-create"), None)
+        self.assertEqual(result["status"], 202)
+        self.assertEqual(self.asked(), [0, 0, 1])
+        self.assertIn("127.0.0.4: network error", logs.output[0])
+
+    def test_an_answer_every_replica_would_give_fails_at_once(self):
+        for status in (401, 413, 500):
+            with self.subTest(status=status):
+                self.setUp()
+                self.replicas[0].status = status
+                self.replicas[1].status = 202
+                with self.assertLogs("flightdeck.forward", level="ERROR"):
+                    with self.assertRaises(forward.ForwardError) as raised:
+                        forward.handler(s3_event("home/alice/x.cf-create"), None)
+                self.assertIn(f"HTTP {status}", str(raised.exception))
+                self.assertEqual(self.asked(), [1, 0, 0])
+
+    def test_later_batches_go_to_the_leader_first(self):
+        self.replicas[2].status = 202
+        key = "home/alice/" + "k" * 900 + ".cf-create"
+        records = s3_event(*[f"{key}{i}" for i in range(400)])["Records"]
+        with self.assertLogs("flightdeck.forward", level="INFO"):
+            result = forward.handler(sqs_wrap(*({"Records": [r]} for r in records)), None)
+        self.assertGreater(result["posts"], 1)
+        self.assertEqual(self.asked(), [1, 1, result["posts"]])
+        forwarded = [r for _, body in self.replicas[2].requests for r in json.loads(body)["Records"]]
+        self.assertEqual(forwarded, records)
+
+    def test_repeated_addresses_are_asked_once(self):
+        self.answers = ["127.0.0.1", "127.0.0.1", "127.0.0.2"]
+        with self.assertLogs("flightdeck.forward", level="ERROR"):
+            with self.assertRaises(forward.ForwardError):
+                forward.handler(s3_event("home/alice/x.cf-create"), None)
+        self.assertEqual(self.asked(), [1, 1, 0])
+
+    def test_a_name_without_addresses_fails_clearly(self):
+        self.answers = []  # no task registered
+        with self.assertLogs("flightdeck.forward", level="ERROR"):
+            with self.assertRaises(forward.ForwardError) as raised:
+                forward.handler(s3_event("home/alice/x.cf-create"), None)
+        self.assertIn(f"cannot resolve {HOST}", str(raised.exception))
+        self.assertEqual(self.asked(), [0, 0, 0])
+
+
 if __name__ == "__main__":
     unittest.main()
