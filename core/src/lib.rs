@@ -14,8 +14,10 @@
 //! - [`nodes`]: a cluster's instances, terminated before its stack is deleted.
 //! - [`policy`]: the admission policy (limits.toml): parameters, prices, limits.
 //! - [`plan`]: the reconcile table, `plan(observed) -> actions`.
+//! - [`adopt`]: the older design's stacks, and taking them over.
 
 pub mod admission;
+pub mod adopt;
 pub mod hint;
 pub mod identity;
 pub mod key;
