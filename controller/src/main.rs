@@ -80,6 +80,14 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Take over the older design's (af-user) stacks; a dry run unless --apply.
+    Adopt {
+        /// Adopt: write missing requests, then tag the stacks.
+        #[arg(long)]
+        apply: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 impl RequestArgs {
@@ -183,6 +191,21 @@ impl Command {
                 }
                 println!("{user} is enrolled");
                 Ok(ExitCode::SUCCESS)
+            }
+            Command::Adopt { apply, config } => {
+                let rec = connect(load(&config.config)?, Arc::new(Metrics::new(false))).await?;
+                let lines = flightdeck::adopt::adopt(&rec, apply).await?;
+                for line in &lines {
+                    println!("{line}");
+                }
+                if lines.is_empty() {
+                    println!("no stack of the older design (a live stack tagged `project`)");
+                }
+                Ok(if lines.iter().any(flightdeck::adopt::Line::failed) {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                })
             }
             Command::Run { config, once } => {
                 flightdeck::app::serve_and_run(load(&config.config)?, once, shutdown_signal())
