@@ -69,8 +69,11 @@ enum Command {
         /// The user's IAM user name.
         user: String,
         /// Their SSH public key file (one or more keys).
-        #[arg(long)]
-        ssh_key: PathBuf,
+        #[arg(long, required_unless_present = "from_seed_script")]
+        ssh_key: Option<PathBuf>,
+        /// Or their older design's (af-user) `configure.d/user.sh`: its `pubkey=` is used.
+        #[arg(long, conflicts_with = "ssh_key")]
+        from_seed_script: Option<PathBuf>,
         /// Replace an existing folder.
         #[arg(long)]
         force: bool,
@@ -163,13 +166,19 @@ impl Command {
             Command::Enrol {
                 user,
                 ssh_key,
+                from_seed_script,
                 force,
                 defaults,
                 config,
             } => {
                 let settings = load(&config.config)?;
-                let keys = std::fs::read_to_string(&ssh_key)
-                    .with_context(|| format!("cannot read {}", ssh_key.display()))?;
+                let file = ssh_key.or(from_seed_script.clone()).unwrap_or_default();
+                let mut keys = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                if from_seed_script.is_some() {
+                    keys = flightdeck::enrol::keys_from_seed_script(&keys, &user)
+                        .with_context(|| format!("{}", file.display()))?;
+                }
                 let metrics = Arc::new(Metrics::new(false));
                 let cloud = flightdeck::app::aws_cloud(&settings, &metrics).await;
                 let done = flightdeck::enrol::enrol(

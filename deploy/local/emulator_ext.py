@@ -45,7 +45,9 @@ It adds, in moto's own process:
 - An UpdateStack that changes only the stack's tags (UsePreviousTemplate, every parameter
   UsePreviousValue, new Tags) is an update, as on AWS: moto compares only the template and
   the parameters, answers "No updates are to be performed" and keeps the old tags. This is
-  how `flightdeck adopt` tags the older design's stacks.
+  how `flightdeck adopt` tags the older design's stacks. And UsePreviousValue of a
+  parameter that took its template default is accepted (moto keeps only the values given
+  at create, and failed with HTTP 500): it keeps that default, as on AWS.
 - Public addresses (Elastic IPs, instances' public IPs) from 198.18.0.0/15, the range set
   aside for network tests, instead of moto's 127.x.y.z (this machine's loopback) and
   54.214.x.y (real AWS addresses): the test box assigns them to its own hosts.
@@ -539,6 +541,19 @@ def tag_changes_are_updates(self: CloudFormationResponse, incoming_params: Any,
     _moto_validate_different_update(self, incoming_params, stack_body, old_stack)
 
 
+def with_defaulted_previous_values(resolve: Any) -> Any:
+    """Wraps CloudFormationBackend._resolve_update_parameters: UsePreviousValue of a
+    parameter the stack took from its template's default leaves it to that default."""
+
+    def resolved(self: CloudFormationBackend, instance: Any,
+                 incoming_params: list[dict[str, Any]]) -> Any:
+        given = [p for p in incoming_params
+                 if not (p.get("UsePreviousValue") and p["ParameterKey"] not in instance.parameters)]
+        return resolve(self, instance, given)
+
+    return resolved
+
+
 _request_lock = threading.Lock()
 
 
@@ -564,6 +579,8 @@ def install() -> None:
         setattr(CloudFormationBackend, name, settling_first(getattr(CloudFormationBackend, name)))
     CloudFormationResponse.create_stack = create_stack_keeping_on_failure  # type: ignore
     CloudFormationResponse._validate_different_update = tag_changes_are_updates  # type: ignore
+    CloudFormationBackend._resolve_update_parameters = with_defaulted_previous_values(  # type: ignore
+        CloudFormationBackend._resolve_update_parameters)
     Stack.outputs = property(  # type: ignore[method-assign,assignment]
         lambda self: None if self.status in NO_OUTPUTS else _moto_outputs(self))
     ssm_models.ParameterDict._check_loading_status = with_public_images(  # type: ignore
