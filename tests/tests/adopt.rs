@@ -183,7 +183,7 @@ async fn the_older_designs_stacks_are_left_alone_until_adopted_then_managed_thro
     assert_eq!(updated.parameters["ComputeInstanceType"], "other", "kept");
     assert_eq!(updated.parameters["AccessUsername"], "alice");
     let names: Vec<String> = site.stacks().await.into_iter().map(|s| s.name).collect();
-    assert_eq!(names, [a.clone()], "one stack, the adopted one");
+    assert_eq!(names, vec![a.clone()], "one stack, the adopted one");
 
     // And deletes it through the bucket.
     site.user_writes(&format!("alice/{a}.cf-delete"), "");
