@@ -190,6 +190,55 @@ pub enum EnrolError {
     },
 }
 
+/// Why the older design's `configure.d/user.sh` gives no key for this user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeedScriptError {
+    /// No `pubkey="..."` assignment.
+    #[error(
+        "the script has no `pubkey=\"...\"` line (the older design's configure.d/user.sh sets the user's key there); give the key with --ssh-key instead"
+    )]
+    NoKey,
+    /// The script was written for another user.
+    #[error(
+        "the script is for user `{script}` (its `user=` line), not `{user}`; nothing was written"
+    )]
+    OtherUser {
+        /// The user the script names.
+        script: String,
+        /// The user being enrolled.
+        user: String,
+    },
+}
+
+/// The SSH public key in the older design's `customizer/<user>/configure.d/user.sh`: the
+/// value of its last `pubkey="..."` line (the one the script appends to the user's
+/// `authorized_keys`). A `user="..."` line, when there is one, must name `user`. The key
+/// is checked like any other by [`enrol`].
+///
+/// # Errors
+/// [`SeedScriptError`] when there is no key, or the script names another user.
+pub fn keys_from_seed_script(script: &str, user: &str) -> Result<String, SeedScriptError> {
+    let value = |name: &str| {
+        script
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix(name)?.strip_prefix('='))
+            .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
+            .next_back()
+    };
+    if let Some(script_user) = value("user")
+        && script_user != user
+    {
+        return Err(SeedScriptError::OtherUser {
+            script: script_user,
+            user: user.to_owned(),
+        });
+    }
+    value("pubkey")
+        .filter(|k| !k.is_empty())
+        .map(|k| format!("{k}\n"))
+        .ok_or(SeedScriptError::NoKey)
+}
+
 /// Why a line is not an OpenSSH public key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyProblem {
@@ -861,6 +910,37 @@ mod tests {
         let err = enrol(&store, &alice(&defaults.0)).await.unwrap_err();
         assert!(matches!(err, EnrolError::List { .. }), "{err:?}");
         assert!(store.writes().is_empty());
+    }
+
+    #[test]
+    fn the_older_designs_user_script_gives_its_key() {
+        let script = format!(
+            "#!/bin/bash\n\nuser=\"alice\"\n\npubkey=\"{ED25519}\"\n\nfile=/home/${{user}}/.ssh/authorized_keys\necho \"${{pubkey}} ${{user}}\" >> ${{file}}\n"
+        );
+        let keys = keys_from_seed_script(&script, "alice").unwrap();
+        assert_eq!(keys, format!("{ED25519}\n"));
+        assert_eq!(authorized_keys(&keys).unwrap(), format!("{ED25519}\n"));
+        assert_eq!(
+            keys_from_seed_script(&script, "bob"),
+            Err(SeedScriptError::OtherUser {
+                script: "alice".into(),
+                user: "bob".into()
+            })
+        );
+        assert_eq!(
+            keys_from_seed_script("#!/bin/bash\ntouch /tmp/x\n", "alice"),
+            Err(SeedScriptError::NoKey)
+        );
+        // The older design's placeholder is no key, and enrol says so.
+        let placeholder = keys_from_seed_script(
+            "user=\"alice\"\npubkey=\"ssh-rsa AAAAAAAAAAAAAAAA\"\n",
+            "alice",
+        )
+        .unwrap();
+        assert!(matches!(
+            authorized_keys(&placeholder),
+            Err(EnrolError::BadKey { .. })
+        ));
     }
 
     #[test]

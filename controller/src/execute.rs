@@ -310,7 +310,12 @@ where
 
     /// Writes the ledger line of an action on `what` ahead of making it: an action the
     /// ledger cannot record is not made (it waits, as after a failed call).
-    async fn ahead(&self, key: &ClusterKey, action: &str, what: &str) -> Result<(), CallError> {
+    pub(crate) async fn ahead(
+        &self,
+        key: &ClusterKey,
+        action: &str,
+        what: &str,
+    ) -> Result<(), CallError> {
         self.audit(key, action, "started", what);
         if self.flush_ledger().await {
             return Ok(());

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use flightdeck_core::identity::hex_md5;
 use flightdeck_core::nodes::{Instance, InstanceState};
-use flightdeck_core::plan::StackSpec;
+use flightdeck_core::plan::{StackSpec, TemplateChoice};
 use flightdeck_core::request::ParameterRule;
 use flightdeck_core::snapshot::ObjectMeta;
 use flightdeck_core::stack::StackView;
@@ -457,10 +457,22 @@ impl StackService for FakeStacks {
         let Some(s) = stacks.get_mut(&spec.name) else {
             return Err(fail("cloudformation", "UpdateStack", ErrorKind::NotFound));
         };
-        if s.parameters == spec.parameters && s.tags == spec.tags {
+        // As CloudFormation: a parameter neither set nor kept takes the template's default
+        // (here: is gone).
+        let mut parameters = match &spec.template {
+            TemplateChoice::Install => BTreeMap::new(),
+            TemplateChoice::Previous { keep } => s
+                .parameters
+                .iter()
+                .filter(|(k, _)| keep.contains(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        parameters.extend(spec.parameters.clone());
+        if s.parameters == parameters && s.tags == spec.tags {
             return Ok(UpdateOutcome::NoChanges);
         }
-        s.parameters = spec.parameters.clone();
+        s.parameters = parameters;
         s.tags = spec.tags.clone();
         s.status = "UPDATE_COMPLETE".into();
         s.last_change = self.clock.fetch_add(1, Ordering::SeqCst);

@@ -10,7 +10,9 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `POST /hints`; [`metrics`] and
 //!   [`instrument`] count what happens.
 //! - [`app`]: start-up on the real adapters.
+//! - [`adopt`]: `flightdeck adopt`, taking over the older design's stacks.
 
+pub mod adopt;
 pub mod app;
 pub mod aws;
 pub mod config;

@@ -69,14 +69,25 @@ enum Command {
         /// The user's IAM user name.
         user: String,
         /// Their SSH public key file (one or more keys).
-        #[arg(long)]
-        ssh_key: PathBuf,
+        #[arg(long, required_unless_present = "from_seed_script")]
+        ssh_key: Option<PathBuf>,
+        /// Or their older design's (af-user) `configure.d/user.sh`: its `pubkey=` is used.
+        #[arg(long, conflicts_with = "ssh_key")]
+        from_seed_script: Option<PathBuf>,
         /// Replace an existing folder.
         #[arg(long)]
         force: bool,
         /// The default scripts to copy.
         #[arg(long, default_value = "customizer/default/configure.d")]
         defaults: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Take over the older design's (af-user) stacks; a dry run unless --apply.
+    Adopt {
+        /// Adopt: write missing requests, then tag the stacks.
+        #[arg(long)]
+        apply: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -155,13 +166,19 @@ impl Command {
             Command::Enrol {
                 user,
                 ssh_key,
+                from_seed_script,
                 force,
                 defaults,
                 config,
             } => {
                 let settings = load(&config.config)?;
-                let keys = std::fs::read_to_string(&ssh_key)
-                    .with_context(|| format!("cannot read {}", ssh_key.display()))?;
+                let file = ssh_key.or(from_seed_script.clone()).unwrap_or_default();
+                let mut keys = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                if from_seed_script.is_some() {
+                    keys = flightdeck::enrol::keys_from_seed_script(&keys, &user)
+                        .with_context(|| format!("{}", file.display()))?;
+                }
                 let metrics = Arc::new(Metrics::new(false));
                 let fence = flightdeck::app::one_off(&metrics);
                 let cloud = flightdeck::app::aws_cloud(&settings, &metrics, &fence).await;
@@ -184,6 +201,21 @@ impl Command {
                 }
                 println!("{user} is enrolled");
                 Ok(ExitCode::SUCCESS)
+            }
+            Command::Adopt { apply, config } => {
+                let rec = connect(load(&config.config)?, Arc::new(Metrics::new(false))).await?;
+                let lines = flightdeck::adopt::adopt(&rec, apply).await?;
+                for line in &lines {
+                    println!("{line}");
+                }
+                if lines.is_empty() {
+                    println!("no stack of the older design (a live stack tagged `project`)");
+                }
+                Ok(if lines.iter().any(flightdeck::adopt::Line::failed) {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                })
             }
             Command::Run { config, once } => {
                 flightdeck::app::serve_and_run(load(&config.config)?, once, shutdown_signal())

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use flightdeck_core::admission::{Usage, admit};
 use flightdeck_core::key::{ClusterKey, Suffix};
 use flightdeck_core::orphan::OrphanVerdict;
-use flightdeck_core::plan::{Action, Context, Observed, RequestState, StackSpec, plan};
+use flightdeck_core::plan::{
+    Action, Context, Observed, RequestState, StackSpec, TemplateChoice, plan,
+};
 use flightdeck_core::request::{ParameterRule, RESERVED, RequestRules, parse_request};
 
 use crate::config::Settings;
@@ -74,6 +76,7 @@ pub fn validate(
         delete_requested: false,
         markers: BTreeMap::new(),
         stack: None,
+        unmanaged: None,
         enrolled: true,
         orphan: OrphanVerdict::NotJudged,
         admission: request.1,
@@ -117,6 +120,7 @@ pub fn render(
         parameters: rules.stack_parameters(&request, &key),
         tags: settings.identity.tags(&key, &request.hash),
         token: String::new(),
+        template: TemplateChoice::Install,
     })
 }
 

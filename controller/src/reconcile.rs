@@ -358,6 +358,7 @@ where
                     };
                     let files = snap.files.get(&key).cloned().unwrap_or_default();
                     let stack = snap.stacks.get(&key).cloned();
+                    let unmanaged = snap.unmanaged.get(&key).cloned();
                     let verdict = judgement
                         .verdicts
                         .get(&key)
@@ -368,7 +369,9 @@ where
                         may_expire,
                         reads: Some(&reads),
                     };
-                    let outcome = self.reconcile(&key, files, stack, look, dry_run).await;
+                    let outcome = self
+                        .reconcile(&key, files, stack, unmanaged, look, dry_run)
+                        .await;
                     drop(claimed);
                     outcomes.push((key, outcome));
                 }
@@ -435,12 +438,20 @@ where
 
     /// Looks at one cluster only: its objects (one listing of its prefix) and its stack
     /// (one describe by name). Never deletes an orphan: only a full resync may.
+    ///
+    /// A stack is the cluster's by its tags, not its name, and an adopted stack keeps the
+    /// older design's name, `<cluster>`: when there is no stack of flightdeck's name, that
+    /// name is described too. Otherwise a look at an adopted cluster would see no stack and
+    /// create a second one; and a look at one not yet adopted would not see it.
     pub async fn reconcile_key(&self, key: &ClusterKey) -> KeyOutcome {
         let prefix = key.object_prefix(&self.settings.home_prefix);
         let name = self.settings.identity.stack_name(key);
         let observed = async {
             let objects = self.cloud.store.list(&prefix).await?;
-            let stack = self.cloud.stacks.describe(&name).await?;
+            let stack = match self.cloud.stacks.describe(&name).await? {
+                Some(s) => Some(s),
+                None => self.cloud.stacks.describe(&key.cluster).await?,
+            };
             Ok::<_, CallError>((objects, stack))
         };
         match observed.await {
@@ -453,7 +464,8 @@ where
                 );
                 let files = snap.files.get(key).cloned().unwrap_or_default();
                 let stack = snap.stacks.get(key).cloned();
-                self.reconcile(key, files, stack, Look::single(), false)
+                let unmanaged = snap.unmanaged.get(key).cloned();
+                self.reconcile(key, files, stack, unmanaged, Look::single(), false)
                     .await
             }
             Err(e) => KeyOutcome {
@@ -468,6 +480,7 @@ where
         key: &ClusterKey,
         files: ClusterFiles,
         stack: Option<StackView>,
+        unmanaged: Option<StackView>,
         look: Look<'_>,
         dry_run: bool,
     ) -> KeyOutcome {
@@ -484,7 +497,7 @@ where
                 ..KeyOutcome::default()
             };
         }
-        let observed = match self.observe(key, files, stack, look).await {
+        let observed = match self.observe(key, files, stack, unmanaged, look).await {
             Ok(Some(o)) => o,
             Ok(None) => {
                 return KeyOutcome {
@@ -533,6 +546,7 @@ where
         key: &ClusterKey,
         files: ClusterFiles,
         stack: Option<StackView>,
+        unmanaged: Option<StackView>,
         look: Look<'_>,
     ) -> Result<Option<Observed>, CallError> {
         let request = match &files.create {
@@ -542,8 +556,10 @@ where
                 None => return Ok(None),
             },
         };
-        let creating =
-            matches!(request, RequestState::Valid { .. }) && stack.is_none() && !files.delete;
+        let creating = matches!(request, RequestState::Valid { .. })
+            && stack.is_none()
+            && unmanaged.is_none()
+            && !files.delete;
         let enrolled = if creating && self.settings.policy.limits_of(&key.user).require_enrolment {
             self.enrolled(&key.user).await?
         } else {
@@ -554,6 +570,8 @@ where
             _ => None,
         };
         let admission = match &request {
+            // Nothing is created beside the older design's stack: no admission to count.
+            RequestState::Valid { .. } if stack.is_none() && unmanaged.is_some() => None,
             RequestState::Valid { request, .. } => {
                 let usage = self.lock_usage().usage_of(&key.user, &key.cluster);
                 Some(admit(&self.settings.policy, &key.user, request, &usage))
@@ -601,6 +619,7 @@ where
             delete_requested: files.delete,
             markers,
             stack,
+            unmanaged,
             enrolled,
             orphan: look.orphan,
             lifetime: match &request_for_lifetime {
@@ -1026,7 +1045,7 @@ fn summarize(report: &PassReport, orphans_pending: usize, per_user: bool) -> Pas
 
 #[cfg(test)]
 #[path = "reconcile_tests.rs"]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(test)]
 #[path = "hardening_tests.rs"]

@@ -18,6 +18,10 @@ pub const TAG_REQUEST: &str = "flightdeck:request";
 /// Tag holding when the cluster's lifetime ends (seconds since the epoch), fixed at create
 /// time: what the request says later cannot move it.
 pub const TAG_EXPIRES: &str = "flightdeck:expires";
+/// Tag of a stack flightdeck did not create but adopted (`flightdeck adopt`): when, in
+/// seconds since the epoch. Its template is the older design's, so an update keeps it
+/// (flightdeck's template would replace the cluster).
+pub const TAG_ADOPTED: &str = "flightdeck:adopted";
 
 /// Longest stack-name prefix.
 pub const MAX_PREFIX_LEN: usize = 16;

@@ -15,8 +15,10 @@
 //! - [`policy`]: the admission policy (limits.toml): parameters, prices, limits.
 //! - [`plan`]: the reconcile table, `plan(observed) -> actions`.
 //! - [`lease`]: leader election on one S3 object, and when the leader may act.
+//! - [`adopt`]: the older design's stacks, and taking them over.
 
 pub mod admission;
+pub mod adopt;
 pub mod hint;
 pub mod identity;
 pub mod key;

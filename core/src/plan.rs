@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::admission::{Admitted, Refusal};
-use crate::identity::{Identity, TAG_EXPIRES, create_token, delete_token, hex_md5, update_token};
+use crate::identity::{
+    Identity, TAG_ADOPTED, TAG_EXPIRES, create_token, delete_token, hex_md5, update_token,
+};
 use crate::key::{ClusterKey, Mistake, Suffix, check_owner_name, mistake_report_key};
 use crate::orphan::OrphanVerdict;
 use crate::report::{ClusterStatus, Phase, created_body, deleted_body, failed_body, rfc3339};
@@ -51,6 +53,10 @@ pub struct Observed {
     pub markers: BTreeMap<Suffix, String>,
     /// The stack of ours for this cluster, if any.
     pub stack: Option<StackView>,
+    /// A live stack of the older design for this cluster that flightdeck does not manage
+    /// ([`crate::adopt::unmanaged_key`]): never touched, and never duplicated. It matters
+    /// only while there is no stack of ours.
+    pub unmanaged: Option<StackView>,
     /// Whether the user is enrolled (their customizer folder exists, or enrolment is not
     /// required).
     pub enrolled: bool,
@@ -103,12 +109,30 @@ pub struct Context<'a> {
 pub struct StackSpec {
     /// Stack name.
     pub name: String,
-    /// CloudFormation parameters.
+    /// CloudFormation parameters: the values to set.
     pub parameters: BTreeMap<String, String>,
-    /// Stack tags.
+    /// Stack tags: the whole set the stack ends with.
     pub tags: BTreeMap<String, String>,
     /// ClientRequestToken.
     pub token: String,
+    /// Which template an update runs with.
+    pub template: TemplateChoice,
+}
+
+/// The template a CreateStack or UpdateStack runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TemplateChoice {
+    /// The install's template (`stacks.template`): every create, and every update of a
+    /// stack flightdeck created. Parameters not in the spec take the template's default.
+    #[default]
+    Install,
+    /// The stack's own template, unchanged (`UsePreviousTemplate`): an adopted stack runs
+    /// the older design's template, which flightdeck's would replace, cluster and disks.
+    Previous {
+        /// The stack's parameters that keep their value (`UsePreviousValue`): every one the
+        /// spec does not set, so nothing falls back to a default unasked.
+        keep: BTreeSet<String>,
+    },
 }
 
 /// Why flightdeck tells the operator (and perhaps the user).
@@ -280,6 +304,20 @@ pub fn plan_with_phase(obs: &Observed, ctx: &Context<'_>) -> Planned {
             reason: reason.clone(),
             etag,
         },
+        // Nothing will be created beside a cluster of the older design, so neither
+        // enrolment nor limits are asked: the row for it says what to do.
+        (
+            RequestState::Valid {
+                request,
+                etag,
+                modified,
+            },
+            false,
+        ) if stack.is_none() && obs.unmanaged.is_some() => Desire::Exist {
+            request,
+            etag,
+            modified: *modified,
+        },
         (RequestState::Valid { etag, .. }, false)
             if stack.is_none() && check_owner_name(&obs.key.user).is_err() =>
         {
@@ -373,6 +411,21 @@ fn decide(
         };
     }
     match (desire, stack.map(|s| (s, s.phase()))) {
+        // .cf-delete present, no stack of ours, but the older design's stack for this
+        // cluster runs: it is not flightdeck's to delete, and saying "deleted" would be a
+        // lie that costs money. The user is told; the .cf-delete stays, to be carried out
+        // once the stack is adopted.
+        (Desire::Delete, None) if obs.unmanaged.is_some() => {
+            unmanaged(key, obs.unmanaged.as_ref(), None, true)
+        }
+        // A valid request, no stack of ours, but the older design's stack for this cluster
+        // runs: a second cluster of the same name is not made.
+        (Desire::Exist { etag, .. }, None) if obs.unmanaged.is_some() => {
+            unmanaged(key, obs.unmanaged.as_ref(), Some(etag), false)
+        }
+        // No request, no stack of ours, the older design's stack runs (its Lambda removed
+        // the request once it was made): nothing to say, its own markers stay true.
+        (Desire::Nothing, None) if obs.unmanaged.is_some() => Decision::report(Report::Keep),
         // .cf-delete present, no stack: report deleted, remove the request files.
         (Desire::Delete, None) => Decision {
             deleted: Want::Body(deleted_body(key)),
@@ -475,6 +528,7 @@ fn decide(
                 tags,
                 token: create_token(&name, &request.hash, &modified.to_string()),
                 name: name.clone(),
+                template: TemplateChoice::Install,
             };
             let mut st = ClusterStatus::new(key, Phase::Creating, "creating the cluster");
             st.stack = Some(name);
@@ -554,6 +608,12 @@ fn decide(
         ) => {
             let wanted = ctx.rules.stack_parameters(request, key);
             let changed = ctx.rules.changes(request, &s.parameters);
+            let adopted = s.tags.contains_key(TAG_ADOPTED);
+            // An adopted stack keeps its own template: a setting it does not have cannot
+            // be given to it.
+            let foreign = changed
+                .iter()
+                .find(|k| adopted && !s.parameters.contains_key(*k));
             let refusal = match changed.iter().find(|k| !ctx.updatable.contains(*k)) {
                 Some(fixed) => Some((
                     format!(
@@ -576,8 +636,17 @@ fn decide(
                         c = key.cluster
                     ),
                 )),
-                None => match &obs.admission {
-                    Some(Err(refusal)) => Some((
+                None => match (foreign, &obs.admission) {
+                    (Some(foreign), _) => Some((
+                        format!(
+                            "`{foreign}` is not a setting of this cluster: it was started by the older setup, whose template has no such parameter"
+                        ),
+                        format!(
+                            "The cluster is left as it was. Remove `{foreign}` from the request; to have it, write {c}.cf-delete, wait for {c}.cf-deleted, then write {c}.cf-create again for a new cluster.",
+                            c = key.cluster
+                        ),
+                    )),
+                    (None, Some(Err(refusal))) => Some((
                         refusal.message.clone(),
                         "The cluster is left as it was. Change the request to fit, or put the old values back.".to_owned(),
                     )),
@@ -598,8 +667,29 @@ fn decide(
                 None => Decision {
                     stack: Some(Action::UpdateStack(StackSpec {
                         name: s.name.clone(),
-                        parameters: wanted,
-                        tags: kept_end(ctx.identity.tags(key, &request.hash), s),
+                        parameters: if adopted {
+                            wanted
+                                .into_iter()
+                                .filter(|(k, _)| changed.contains(k))
+                                .collect()
+                        } else {
+                            wanted
+                        },
+                        template: if adopted {
+                            // A changed setting the request leaves out is in neither set:
+                            // it takes the stack's own template's default.
+                            TemplateChoice::Previous {
+                                keep: s
+                                    .parameters
+                                    .keys()
+                                    .filter(|k| !changed.contains(*k))
+                                    .cloned()
+                                    .collect(),
+                            }
+                        } else {
+                            TemplateChoice::Install
+                        },
+                        tags: kept_tags(ctx.identity.tags(key, &request.hash), s),
                         token: update_token(&s.id, &request.hash, &modified.to_string()),
                     })),
                     failed: Want::Absent,
@@ -706,6 +796,44 @@ fn decide(
     }
 }
 
+/// What the user reads when their `.cf-delete` (`deleting`) or `.cf-create` meets a stack of the older design that flightdeck does not manage. Its
+/// login address in `.cf-created`, if the older design wrote one, stays: it is still true.
+fn unmanaged(
+    key: &ClusterKey,
+    stack: Option<&StackView>,
+    etag: Option<&str>,
+    deleting: bool,
+) -> Decision {
+    let name = stack.map_or(key.cluster.as_str(), |s| s.name.as_str());
+    let (reason, advice) = if deleting {
+        (
+            format!(
+                "flightdeck does not manage the stack `{name}` that runs this cluster (the older setup started it), so it cannot delete it; nothing was deleted"
+            ),
+            format!(
+                "Ask your HPC administrators to adopt it (`flightdeck adopt`). Your {}.cf-delete is kept: once the cluster is adopted, flightdeck deletes it.",
+                key.cluster
+            ),
+        )
+    } else {
+        (
+            format!(
+                "a cluster named `{}` already runs for you outside flightdeck (the stack `{name}`, started by the older setup); flightdeck will not start a second one",
+                key.cluster
+            ),
+            format!(
+                "Ask your HPC administrators to adopt it (`flightdeck adopt`): flightdeck then manages it from {c}.cf-create. Or choose another cluster name.",
+                c = key.cluster
+            ),
+        )
+    };
+    Decision {
+        failed: Want::Body(failed_body(&reason, &advice)),
+        deleted: Want::Absent,
+        ..Decision::report(status(key, Phase::Failed, &reason, None, etag))
+    }
+}
+
 fn orphan(key: &ClusterKey, s: &StackView, phase: StackPhase, verdict: OrphanVerdict) -> Decision {
     let c = &key.cluster;
     let waiting = |message: String| {
@@ -742,11 +870,12 @@ fn orphan(key: &ClusterKey, s: &StackView, phase: StackPhase, verdict: OrphanVer
     }
 }
 
-/// The tags of an update: the request's, and the end of the lifetime fixed at create time.
-fn kept_end(mut tags: BTreeMap<String, String>, s: &StackView) -> BTreeMap<String, String> {
-    if let Some(end) = s.tags.get(TAG_EXPIRES) {
-        tags.insert(TAG_EXPIRES.to_owned(), end.clone());
-    }
+/// The tags of an update: the stack's own (the end of the lifetime fixed at create time,
+/// the mark of an adopted stack, an operator's cost tags), with flightdeck's for the new
+/// request over them. UpdateStack replaces the whole set, so a tag left out would be lost.
+fn kept_tags(ours: BTreeMap<String, String>, s: &StackView) -> BTreeMap<String, String> {
+    let mut tags = s.tags.clone();
+    tags.extend(ours);
     tags
 }
 

@@ -96,6 +96,7 @@ fn base() -> Observed {
         delete_requested: false,
         markers: BTreeMap::new(),
         stack: None,
+        unmanaged: None,
         enrolled: true,
         orphan: OrphanVerdict::NotJudged,
         admission: None,
@@ -600,7 +601,228 @@ fn cases() -> Vec<(&'static str, Observed, Vec<&'static str>)> {
             vec!["put x.cf-deleted", "status Deleted"],
         ),
         ("nothing at all: nothing", o(), vec![]),
+        (
+            ".cf-delete, no stack of ours, the older design's stack runs: .cf-failed, never .cf-deleted; the .cf-delete stays",
+            with_markers(
+                Observed {
+                    delete_requested: true,
+                    unmanaged: Some(seed_stack()),
+                    ..o()
+                },
+                &[Suffix::Created, Suffix::Deleted],
+            ),
+            vec!["put x.cf-failed", "remove x.cf-deleted", "status Failed"],
+        ),
+        (
+            "valid request, no stack of ours, the older design's stack runs: refused, no second cluster",
+            Observed {
+                request: valid(s.clone()),
+                unmanaged: Some(seed_stack()),
+                enrolled: false,
+                ..o()
+            },
+            vec!["put x.cf-failed", "status Failed"],
+        ),
+        (
+            "no request, no stack of ours, the older design's stack runs: its own markers stay",
+            with_markers(
+                Observed {
+                    unmanaged: Some(seed_stack()),
+                    ..o()
+                },
+                &[Suffix::Created],
+            ),
+            vec![],
+        ),
+        (
+            "valid request, adopted stack (the older design's name) with the same request: ready",
+            Observed {
+                request: valid(s.clone()),
+                stack: Some(adopted(&s)),
+                ..o()
+            },
+            vec!["notify Ready", "put x.cf-created", "status Ready"],
+        ),
+        (
+            "valid request changing an updatable key, adopted stack: updated under its own name",
+            Observed {
+                request: valid(changed("ComputeMaxNodes", "8")),
+                stack: Some(adopted(&s)),
+                ..o()
+            },
+            vec!["update x", "status Updating", "soon"],
+        ),
+        (
+            "valid request setting a key the adopted stack's template lacks: refused, left as it was",
+            Observed {
+                request: valid(changed("ComputeSpotPrice", "0.05")),
+                stack: Some({
+                    let mut a = adopted(&s);
+                    a.parameters.remove("ComputeSpotPrice");
+                    a
+                }),
+                ..o()
+            },
+            vec!["put x.cf-failed", "status Ready"],
+        ),
+        (
+            ".cf-delete, adopted stack: deleted like any stack of ours",
+            Observed {
+                delete_requested: true,
+                stack: Some(adopted(&s)),
+                unmanaged: None,
+                ..o()
+            },
+            vec!["delete x", "status Deleting", "soon"],
+        ),
     ]
+}
+
+/// A stack of the older design for alice/x that flightdeck does not manage.
+fn seed_stack() -> StackView {
+    StackView {
+        name: "x".into(),
+        id: "arn:aws:cloudformation:eu-west-2:123456789012:stack/x/1".into(),
+        status: "CREATE_COMPLETE".into(),
+        tags: BTreeMap::from([("project".into(), "alice".into())]),
+        parameters: BTreeMap::from([("AccessUsername".into(), "alice".into())]),
+        ..StackView::default()
+    }
+}
+
+/// The older design's stack for alice/x, adopted: its name, the older design's
+/// parameters (`"other"` and a label), flightdeck's tags for `request`.
+fn adopted(request: &Request) -> StackView {
+    let w = World::new();
+    let mut tags = w.identity.tags(&key(), &request.hash);
+    tags.insert("project".into(), "alice".into());
+    tags.insert(TAG_ADOPTED.into(), "150".into());
+    let mut parameters: BTreeMap<String, String> = SEED_EXAMPLE_PARAMETERS
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    parameters.insert("AccessUsername".into(), "alice".into());
+    parameters.insert("FlightProfiles".into(), "alice".into());
+    StackView {
+        name: "x".into(),
+        id: "arn:aws:cloudformation:eu-west-2:123456789012:stack/x/1".into(),
+        tags,
+        parameters,
+        ..stack("CREATE_COMPLETE", request)
+    }
+}
+
+/// The seed example's parameters as the older design sent them: not normalised.
+const SEED_EXAMPLE_PARAMETERS: [(&str, &str); 9] = [
+    ("ComputeInstanceType", "other"),
+    ("ComputeSpotPrice", "0.03"),
+    ("ComputeInstanceTypeOther", "r4.large-2C-15.25GB"),
+    ("MasterSystemVolumeSize", "16"),
+    ("MasterInstanceType", "other"),
+    ("ComputeMaxNodes", "25"),
+    ("MasterInstanceTypeOther", "r4.large-2C-15.25GB"),
+    ("ComputeInitialNodes", "0"),
+    ("AutoscalingPolicy", "enabled"),
+];
+
+#[test]
+fn an_unmanaged_stack_is_named_and_the_user_told_to_ask_for_adoption() {
+    let w = World::new();
+    for (delete_requested, request) in [(true, RequestState::Absent), (false, valid(seed()))] {
+        let got = plan(
+            &Observed {
+                delete_requested,
+                request,
+                unmanaged: Some(seed_stack()),
+                ..base()
+            },
+            &w.ctx(),
+        );
+        assert!(
+            got.iter().all(|a| matches!(a, Action::Put { .. })),
+            "no stack call, nothing removed: {got:?}"
+        );
+        let failed = body_of(&got, ".cf-failed");
+        assert!(failed.contains("stack `x`"), "{failed}");
+        assert!(failed.contains("`flightdeck adopt`"), "{failed}");
+        assert!(
+            !got.iter()
+                .any(|a| matches!(a, Action::Put { key, .. } if key.ends_with(".cf-deleted")))
+        );
+    }
+}
+
+#[test]
+fn an_adopted_stack_is_updated_on_its_own_template_with_only_the_change() {
+    let w = World::new();
+    let s = seed();
+    let got = plan(
+        &Observed {
+            request: valid(changed("ComputeMaxNodes", "8")),
+            stack: Some(adopted(&s)),
+            ..base()
+        },
+        &w.ctx(),
+    );
+    let Action::UpdateStack(spec) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(spec.name, "x");
+    assert_eq!(
+        spec.parameters,
+        BTreeMap::from([("ComputeMaxNodes".into(), "8".into())]),
+        "the older design's `other` equals the resolved type: not a change"
+    );
+    let TemplateChoice::Previous { keep } = &spec.template else {
+        panic!("an adopted stack keeps its template: {spec:?}")
+    };
+    assert!(keep.contains("ComputeInstanceType") && keep.contains("AccessUsername"));
+    assert!(!keep.contains("ComputeMaxNodes"));
+    assert_eq!(spec.tags["project"], "alice", "its own tags are kept");
+    assert_eq!(spec.tags[TAG_ADOPTED], "150");
+    assert_eq!(
+        spec.tags["flightdeck:request"],
+        changed("ComputeMaxNodes", "8").hash
+    );
+}
+
+#[test]
+fn a_setting_the_adopted_stacks_template_lacks_is_refused_by_name() {
+    let w = World::new();
+    let mut stack = adopted(&seed());
+    stack.parameters.remove("ComputeSpotPrice");
+    let got = plan(
+        &Observed {
+            request: valid(changed("ComputeSpotPrice", "0.05")),
+            stack: Some(stack),
+            ..base()
+        },
+        &w.ctx(),
+    );
+    let failed = body_of(&got, ".cf-failed");
+    assert!(
+        failed.starts_with("`ComputeSpotPrice` is not a setting of this cluster"),
+        "{failed}"
+    );
+}
+
+#[test]
+fn a_stack_flightdeck_made_is_updated_on_the_install_template() {
+    let w = World::new();
+    let s = seed();
+    let got = plan(
+        &Observed {
+            request: valid(changed("ComputeMaxNodes", "8")),
+            stack: Some(stack("CREATE_COMPLETE", &s)),
+            ..base()
+        },
+        &w.ctx(),
+    );
+    let Action::UpdateStack(spec) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(spec.template, TemplateChoice::Install);
+    assert_eq!(spec.parameters["AccessUsername"], "alice");
 }
 
 #[test]

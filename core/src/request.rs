@@ -112,6 +112,7 @@ impl RequestRules {
         request: &Request,
         current: &BTreeMap<String, String>,
     ) -> BTreeSet<String> {
+        let current = &resolved_instance_types(current);
         self.settable
             .iter()
             .filter(|(name, rule)| {
@@ -427,6 +428,26 @@ fn resolve_instance_types(parameters: &mut BTreeMap<String, String>) -> Result<(
         parameters.insert(type_key.to_owned(), resolved.to_owned());
     }
     Ok(())
+}
+
+/// A stack's parameters with the older design's `"other"` convention resolved as a
+/// request's are (`ComputeInstanceType=other` with a label in `ComputeInstanceTypeOther`
+/// means that label's type), so that a stack the older design made compares equal to the
+/// same request. A label that names no type is left as it is.
+fn resolved_instance_types(parameters: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut out = parameters.clone();
+    for (type_key, other_key) in INSTANCE_TYPE_PAIRS {
+        if parameters
+            .get(type_key)
+            .is_some_and(|v| v.eq_ignore_ascii_case("other"))
+            && let Some(resolved) = parameters
+                .get(other_key)
+                .and_then(|label| instance_type_of_label(label))
+        {
+            out.insert(type_key.to_owned(), resolved.to_owned());
+        }
+    }
+    out
 }
 
 /// `r4.large-2C-15.25GB` → `r4.large`; `c5.large` → `c5.large`; anything else → `None`.

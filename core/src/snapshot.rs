@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::adopt::unmanaged_key;
 use crate::identity::Identity;
 use crate::key::{ClusterKey, KeyKind, Mistake, Suffix, check_user_name, classify};
 use crate::stack::{StackPhase, StackView};
@@ -42,6 +43,9 @@ pub struct Snapshot {
     /// Stacks of ours that claim a cluster another stack of ours already has; reported,
     /// never touched.
     pub duplicates: Vec<StackView>,
+    /// Live stacks of the older design that no install manages, by the cluster they look
+    /// like ([`crate::adopt::unmanaged_key`]); never touched.
+    pub unmanaged: BTreeMap<ClusterKey, StackView>,
     /// Files that look like requests but break a rule, with what is wrong.
     pub mistaken: BTreeMap<String, Mistake>,
     /// flightdeck's explanations of mistaken files, with their ETags.
@@ -52,8 +56,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Groups a listing of objects and a listing of stacks. Stacks without our owner tag,
-    /// or whose `USER`/`flightdeck:cluster` tags are not valid names, are left out.
+    /// Groups a listing of objects and a listing of stacks. A stack is ours by its tags
+    /// alone, whatever its name (an adopted stack keeps the older design's). Stacks without
+    /// our owner tag, or whose `USER`/`flightdeck:cluster` tags are not valid names, are
+    /// left out, but for the older design's, noted as unmanaged.
     pub fn build(
         home_prefix: &str,
         identity: &Identity,
@@ -96,6 +102,9 @@ impl Snapshot {
                 continue;
             }
             let Some(key) = identity.owned_key(&stack.tags) else {
+                if let Some(key) = unmanaged_key(&stack) {
+                    snap.unmanaged.insert(key, stack);
+                }
                 continue;
             };
             let expected = identity.stack_name(&key);
@@ -261,6 +270,46 @@ mod tests {
         assert_eq!(snap.stacks[&k("alice", "x")].name, "fd-alice-x");
         assert_eq!(snap.duplicates.len(), 1);
         assert_eq!(snap.duplicates[0].name, "old-alice-x");
+    }
+
+    #[test]
+    fn a_stack_is_ours_by_its_tags_whatever_its_name() {
+        let adopted = stack("x", "alice", "x", "site-a");
+        let snap = Snapshot::build("home/", &id(), [], [adopted]);
+        assert_eq!(snap.stacks[&k("alice", "x")].name, "x");
+        assert!(snap.unmanaged.is_empty());
+    }
+
+    #[test]
+    fn the_older_designs_stacks_are_noted_as_unmanaged_never_as_ours() {
+        let seed = |name: &str, user: &str, access: &str| StackView {
+            name: name.into(),
+            status: "CREATE_COMPLETE".into(),
+            tags: BTreeMap::from([("project".into(), user.into())]),
+            parameters: BTreeMap::from([("AccessUsername".into(), access.into())]),
+            ..StackView::default()
+        };
+        let snap = Snapshot::build(
+            "home/",
+            &id(),
+            [obj("home/alice/x.cf-delete")],
+            [
+                seed("x", "alice", "alice"),
+                seed("y", "bob", "carol"),
+                stack("z", "alice", "z", "site-b"),
+            ],
+        );
+        assert!(snap.stacks.is_empty());
+        assert_eq!(
+            snap.unmanaged.keys().collect::<Vec<_>>(),
+            [&k("alice", "x")],
+            "only a stack named after the cluster, tagged and set up for its user"
+        );
+        assert_eq!(snap.keys(), [k("alice", "x")].into());
+        assert!(
+            snap.orphans().is_empty(),
+            "an unmanaged stack is never an orphan"
+        );
     }
 
     #[test]

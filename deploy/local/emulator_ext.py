@@ -42,6 +42,12 @@ It adds, in moto's own process:
   properties change: the cluster's sizing parameter is built with Fn::Sub.
 - AWS::EC2::Instance's SecurityGroupIds (moto reads only SecurityGroups and puts the
   instance in the VPC's default group), so security groups can be enforced in the test box.
+- An UpdateStack that changes only the stack's tags (UsePreviousTemplate, every parameter
+  UsePreviousValue, new Tags) is an update, as on AWS: moto compares only the template and
+  the parameters, answers "No updates are to be performed" and keeps the old tags. This is
+  how `flightdeck adopt` tags the older design's stacks. And UsePreviousValue of a
+  parameter that took its template default is accepted (moto keeps only the values given
+  at create, and failed with HTTP 500): it keeps that default, as on AWS.
 - Public addresses (Elastic IPs, instances' public IPs) from 198.18.0.0/15, the range set
   aside for network tests, instead of moto's 127.x.y.z (this machine's loopback) and
   54.214.x.y (real AWS addresses): the test box assigns them to its own hosts.
@@ -523,6 +529,31 @@ def with_sub_references(references: Any) -> Any:
     return lambda template: references(template) + sub_references(template)
 
 
+_moto_validate_different_update = CloudFormationResponse._validate_different_update
+
+
+def tag_changes_are_updates(self: CloudFormationResponse, incoming_params: Any,
+                            stack_body: str, old_stack: Stack) -> None:
+    """Wraps moto's "No updates are to be performed" check: new tags are a change."""
+    tags = {item["Key"]: item["Value"] for item in self._get_param("Tags", [])}
+    if tags and tags != old_stack.tags:
+        return
+    _moto_validate_different_update(self, incoming_params, stack_body, old_stack)
+
+
+def with_defaulted_previous_values(resolve: Any) -> Any:
+    """Wraps CloudFormationBackend._resolve_update_parameters: UsePreviousValue of a
+    parameter the stack took from its template's default leaves it to that default."""
+
+    def resolved(self: CloudFormationBackend, instance: Any,
+                 incoming_params: list[dict[str, Any]]) -> Any:
+        given = [p for p in incoming_params
+                 if not (p.get("UsePreviousValue") and p["ParameterKey"] not in instance.parameters)]
+        return resolve(self, instance, given)
+
+    return resolved
+
+
 _request_lock = threading.Lock()
 
 
@@ -547,6 +578,9 @@ def install() -> None:
     for name in SETTLING_CALLS:
         setattr(CloudFormationBackend, name, settling_first(getattr(CloudFormationBackend, name)))
     CloudFormationResponse.create_stack = create_stack_keeping_on_failure  # type: ignore
+    CloudFormationResponse._validate_different_update = tag_changes_are_updates  # type: ignore
+    CloudFormationBackend._resolve_update_parameters = with_defaulted_previous_values(  # type: ignore
+        CloudFormationBackend._resolve_update_parameters)
     Stack.outputs = property(  # type: ignore[method-assign,assignment]
         lambda self: None if self.status in NO_OUTPUTS else _moto_outputs(self))
     ssm_models.ParameterDict._check_loading_status = with_public_images(  # type: ignore

@@ -451,6 +451,28 @@ class EmulatorExtensionTest(unittest.TestCase):
         interface = instance["Reservations"][0]["Instances"][0]["NetworkInterfaces"][0]
         self.assertEqual([g["GroupId"] for g in interface["Groups"]], [group])
 
+    def test_an_update_of_tags_alone_is_an_update_as_on_aws(self):
+        body = json.dumps({"Parameters": {"Label": {"Type": "String"},
+                                          "Nodes": {"Type": "String", "Default": "2"}},
+                           "Resources": {"Queue": {"Type": "AWS::SQS::Queue"}}})
+        stack_id = self.create(body, Parameters=[{"ParameterKey": "Label", "ParameterValue": "a"}],
+                               Tags=[{"Key": "project", "Value": "alice"}])
+        # Nodes took its default: its previous value is that default.
+        keep = [{"ParameterKey": "Label", "UsePreviousValue": True},
+                {"ParameterKey": "Nodes", "UsePreviousValue": True}]
+        tags = [{"Key": "project", "Value": "alice"}, {"Key": "owner", "Value": "site"}]
+        self.cfn.update_stack(StackName=stack_id, UsePreviousTemplate=True, Parameters=keep,
+                              Tags=tags)
+        stack = self.stack(stack_id)
+        self.assertEqual(stack["StackStatus"], "UPDATE_COMPLETE")
+        self.assertEqual({t["Key"]: t["Value"] for t in stack["Tags"]},
+                         {"project": "alice", "owner": "site"})
+        self.assertEqual({p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]},
+                         {"Label": "a", "Nodes": "2"})
+        with self.assertRaisesRegex(ClientError, "No updates are to be performed"):
+            self.cfn.update_stack(StackName=stack_id, UsePreviousTemplate=True, Parameters=keep,
+                                  Tags=tags)
+
     def test_public_addresses_come_from_the_network_test_range(self):
         address = self.ec2.allocate_address(Domain="vpc")["PublicIp"]
         instance = self.ec2.run_instances(

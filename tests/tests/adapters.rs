@@ -16,7 +16,7 @@ use flightdeck::ports::{
 };
 use flightdeck_core::identity::hex_md5;
 use flightdeck_core::nodes::{Instance, InstanceState, TAG_STACK};
-use flightdeck_core::plan::StackSpec;
+use flightdeck_core::plan::{StackSpec, TemplateChoice};
 use flightdeck_core::request::ParameterRule;
 use flightdeck_tests::{Emulator, unique};
 use tokio::task::JoinSet;
@@ -116,6 +116,7 @@ fn queue_spec(name: &str, label: &str) -> StackSpec {
             ("flightdeck:request", label),
         ]),
         token: format!("{name}-{label}"),
+        template: TemplateChoice::Install,
     }
 }
 
@@ -478,6 +479,7 @@ async fn ec2_finds_the_login_instance_of_a_stack_by_its_cloudformation_tags() {
         parameters: pairs(&[("SubnetId", subnet_id)]),
         tags: pairs(&[("USER", "alice")]),
         token: format!("{name}-create"),
+        template: TemplateChoice::Install,
     };
     let id = cfn
         .create(&spec, &template(INSTANCE_TEMPLATE))

@@ -1,12 +1,12 @@
 //! [`StackService`] on CloudFormation: the clusters' stacks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aws_config::SdkConfig;
 use aws_sdk_cloudformation::Client;
 use aws_sdk_cloudformation::primitives::DateTime;
 use aws_sdk_cloudformation::types::{Capability, OnFailure, Parameter, Stack, StackEvent, Tag};
-use flightdeck_core::plan::StackSpec;
+use flightdeck_core::plan::{StackSpec, TemplateChoice};
 use flightdeck_core::request::ParameterRule;
 use flightdeck_core::stack::StackView;
 
@@ -102,6 +102,23 @@ fn parameters(spec: &StackSpec) -> Option<Vec<Parameter>> {
         })
         .collect();
     (!parameters.is_empty()).then_some(parameters)
+}
+
+/// The spec's parameters, and `UsePreviousValue` for each of `keep` it does not set: on
+/// an update, a parameter that is not sent takes the template's default.
+fn kept_parameters(spec: &StackSpec, keep: &BTreeSet<String>) -> Option<Vec<Parameter>> {
+    let mut all = parameters(spec).unwrap_or_default();
+    all.extend(
+        keep.iter()
+            .filter(|k| !spec.parameters.contains_key(*k))
+            .map(|k| {
+                Parameter::builder()
+                    .parameter_key(k)
+                    .use_previous_value(true)
+                    .build()
+            }),
+    );
+    (!all.is_empty()).then_some(all)
 }
 
 /// The spec's tags; `None` when there are none, because UpdateStack with an empty list
@@ -229,19 +246,24 @@ impl StackService for CloudFormation {
         spec: &StackSpec,
         template: &Template,
     ) -> Result<UpdateOutcome, CallError> {
-        let result = self
+        let call = self
             .client
             .update_stack()
             .stack_name(&spec.name)
-            .use_previous_template(false)
-            .template_body(&template.body)
-            .set_parameters(parameters(spec))
             .set_tags(tags(spec))
             .client_request_token(&spec.token)
             .capabilities(Capability::CapabilityIam)
-            .set_role_arn(template.role_arn.clone())
-            .send()
-            .await;
+            .set_role_arn(template.role_arn.clone());
+        let call = match &spec.template {
+            TemplateChoice::Install => call
+                .use_previous_template(false)
+                .template_body(&template.body)
+                .set_parameters(parameters(spec)),
+            TemplateChoice::Previous { keep } => call
+                .use_previous_template(true)
+                .set_parameters(kept_parameters(spec, keep)),
+        };
+        let result = call.send().await;
         match result {
             Ok(_) => Ok(UpdateOutcome::Started),
             Err(e) => {
