@@ -9,11 +9,12 @@
 //!   notices; [`run`] is the loop, with the [`queue`] its workers take clusters from.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `POST /hints`; [`metrics`] and
 //!   [`instrument`] count what happens.
-//! - [`app`]: start-up on the real adapters.
+//! - [`app`]: start-up on the real adapters; [`doctor`]: the preflight of an install.
 
 pub mod app;
 pub mod aws;
 pub mod config;
+pub mod doctor;
 pub mod enrol;
 pub mod execute;
 pub mod fake;

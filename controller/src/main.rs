@@ -80,6 +80,15 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Check a configured install, one line each: exit 0 when all is well, 1 when something
+    /// is broken (or not checked, without --allow-unchecked), 2 when AWS cannot be asked.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Pass even when a check could not be made (e.g. no IAM policy simulation).
+        #[arg(long)]
+        allow_unchecked: bool,
+    },
 }
 
 impl RequestArgs {
@@ -183,6 +192,14 @@ impl Command {
                 }
                 println!("{user} is enrolled");
                 Ok(ExitCode::SUCCESS)
+            }
+            Command::Doctor {
+                config,
+                allow_unchecked,
+            } => {
+                let report = flightdeck::doctor::run(&config.config, std::env::vars()).await;
+                print!("{report}");
+                Ok(ExitCode::from(report.exit_code(allow_unchecked)))
             }
             Command::Run { config, once } => {
                 flightdeck::app::serve_and_run(load(&config.config)?, once, shutdown_signal())

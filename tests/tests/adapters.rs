@@ -383,6 +383,7 @@ Resources:
                     allowed: vec![],
                     required: false,
                     default: Some("4".to_owned()),
+                    ssm: false,
                 },
             ),
             (
@@ -392,6 +393,7 @@ Resources:
                     allowed: vec!["c5.large".to_owned(), "r4.large".to_owned()],
                     required: true,
                     default: None,
+                    ssm: false,
                 },
             ),
             (
@@ -401,6 +403,7 @@ Resources:
                     allowed: vec![],
                     required: true,
                     default: None,
+                    ssm: false,
                 },
             ),
         ])
