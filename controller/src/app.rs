@@ -2,10 +2,11 @@
 //! that can catch an operator's mistake runs here, before the first resync, and names the
 //! setting at fault.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use flightdeck_core::request::{RequestRules, RulesError};
+use flightdeck_core::request::{ParameterRule, RequestRules, RulesError};
 
 use crate::aws::cloudformation::CloudFormation;
 use crate::aws::ec2::Ec2;
@@ -129,25 +130,47 @@ where
         .template_parameters(&settings.template)
         .await
         .context("setting `stacks.template`: CloudFormation could not read the template")?;
-    let rules = RequestRules::new(
-        &parameters,
-        &settings.fixed_parameters,
-        &settings.user_parameters,
-    )
-    .map_err(|e| {
-        let setting = match &e {
-            RulesError::UnknownSettable(_) | RulesError::SettableFixed(_) => "policy",
-            RulesError::UnknownFixed(name) if settings.policy.fixed.contains_key(name) => "policy",
-            RulesError::UnknownFixed(_) => "stacks.parameters",
-            RulesError::MissingReserved(_) => "stacks.template",
-        };
-        anyhow::anyhow!("setting `{setting}`: {e}")
-    })?;
+    let rules = request_rules(&parameters, &settings).map_err(anyhow::Error::msg)?;
     let rec = Reconciler::new(cloud, settings, rules, metrics);
     rec.load_delivered()
         .await
         .context("reading which notifications went out (bucket.controller_prefix)")?;
     Ok(rec)
+}
+
+/// The template's parameters and the settings disagree: which setting is at fault, and how.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("setting `{setting}`: {error}")]
+pub struct RulesMismatch {
+    /// `policy`, `stacks.parameters` or `stacks.template`.
+    pub setting: &'static str,
+    /// What disagrees.
+    pub error: RulesError,
+}
+
+/// The request rules from the template's `parameters` (GetTemplateSummary) and the
+/// settings' fixed and user parameters.
+///
+/// # Errors
+/// [`RulesMismatch`] naming the setting at fault.
+pub fn request_rules(
+    parameters: &BTreeMap<String, ParameterRule>,
+    settings: &Settings,
+) -> Result<RequestRules, RulesMismatch> {
+    RequestRules::new(
+        parameters,
+        &settings.fixed_parameters,
+        &settings.user_parameters,
+    )
+    .map_err(|error| {
+        let setting = match &error {
+            RulesError::UnknownSettable(_) | RulesError::SettableFixed(_) => "policy",
+            RulesError::UnknownFixed(name) if settings.policy.fixed.contains_key(name) => "policy",
+            RulesError::UnknownFixed(_) => "stacks.parameters",
+            RulesError::MissingReserved(_) => "stacks.template",
+        };
+        RulesMismatch { setting, error }
+    })
 }
 
 /// Runs the controller: the HTTP endpoint and the control loop side by side, until
@@ -258,10 +281,6 @@ async fn listeners(http: &crate::config::Http) -> anyhow::Result<Vec<Listener>> 
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use flightdeck_core::request::ParameterRule;
-
     use super::*;
     use crate::fake::{FakeInstances, FakeMailer, FakeStacks, FakeStore};
 

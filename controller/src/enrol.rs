@@ -34,7 +34,7 @@ use crate::ports::{CallError, ObjectStore};
 pub const AUTHORIZED_KEYS: &str = "authorized_keys";
 
 /// The folder under the prefix that holds the defaults; no user may be enrolled under it.
-const DEFAULT_FOLDER: &str = "default";
+pub const DEFAULT_FOLDER: &str = "default";
 
 /// What to enrol, and from where.
 #[derive(Debug, Clone, Copy)]

@@ -9,13 +9,14 @@
 //!   notices; [`run`] is the loop, with the [`queue`] its workers take clusters from.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `POST /hints`; [`metrics`] and
 //!   [`instrument`] count what happens.
-//! - [`app`]: start-up on the real adapters.
+//! - [`app`]: start-up on the real adapters; [`doctor`]: the preflight of an install.
 //! - [`adopt`]: `flightdeck adopt`, taking over the older design's stacks.
 
 pub mod adopt;
 pub mod app;
 pub mod aws;
 pub mod config;
+pub mod doctor;
 pub mod enrol;
 pub mod execute;
 pub mod fake;

@@ -91,6 +91,15 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Check a configured install, one line each: exit 0 when all is well, 1 when something
+    /// is broken (or not checked, without --allow-unchecked), 2 when AWS cannot be asked.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Pass even when a check could not be made (e.g. no IAM policy simulation).
+        #[arg(long)]
+        allow_unchecked: bool,
+    },
 }
 
 impl RequestArgs {
@@ -203,7 +212,11 @@ impl Command {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Adopt { apply, config } => {
-                let rec = connect(load(&config.config)?, Arc::new(Metrics::new(false))).await?;
+                let metrics = Arc::new(Metrics::new(false));
+                // An operator's command, idempotent, and careful never to overwrite a
+                // request: it needs no lease (the controller may run meanwhile).
+                let fence = flightdeck::app::one_off(&metrics);
+                let rec = connect(load(&config.config)?, metrics, &fence).await?;
                 let lines = flightdeck::adopt::adopt(&rec, apply).await?;
                 for line in &lines {
                     println!("{line}");
@@ -216,6 +229,14 @@ impl Command {
                 } else {
                     ExitCode::SUCCESS
                 })
+            }
+            Command::Doctor {
+                config,
+                allow_unchecked,
+            } => {
+                let report = flightdeck::doctor::run(&config.config, std::env::vars()).await;
+                print!("{report}");
+                Ok(ExitCode::from(report.exit_code(allow_unchecked)))
             }
             Command::Run { config, once } => {
                 flightdeck::app::serve_and_run(load(&config.config)?, once, shutdown_signal())

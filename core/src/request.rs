@@ -32,6 +32,9 @@ pub struct ParameterRule {
     pub required: bool,
     /// The template's default: what a parameter the request leaves out is set to.
     pub default: Option<String>,
+    /// The value names an SSM parameter (`AWS::SSM::Parameter::Value<…>`), which
+    /// CloudFormation reads at every create and update.
+    pub ssm: bool,
 }
 
 /// Which parameters a user may set and which the operator fixes.

@@ -27,6 +27,9 @@ endpoint=$(deploy/local/emulator.sh start | tail -n 1)
 export FLIGHTDECK_ENDPOINT_URL="$endpoint"
 aws=("$VENV/bin/aws" --endpoint-url "$endpoint")
 
+echo "== flightdeck doctor (the emulator cannot simulate IAM policies: --allow-unchecked)"
+"$BIN" doctor --config deploy/local/flightdeck.toml --allow-unchecked | sed 's/^/   /'
+
 mkdir -p .run
 "$BIN" run --config deploy/local/flightdeck.toml >.run/demo-controller.log 2>&1 &
 controller=$!

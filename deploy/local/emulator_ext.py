@@ -48,6 +48,12 @@ It adds, in moto's own process:
   how `flightdeck adopt` tags the older design's stacks. And UsePreviousValue of a
   parameter that took its template default is accepted (moto keeps only the values given
   at create, and failed with HTTP 500): it keeps that default, as on AWS.
+- An SES email identity is verified for sending as soon as it is made: moto sends from it at
+  once and says its VerificationStatus is SUCCESS, but answers VerifiedForSendingStatus
+  false, which is what `flightdeck doctor` reads (on AWS the two agree).
+- A bucket without event notifications answers GetBucketNotificationConfiguration with an
+  empty NotificationConfiguration, as S3 does (moto's empty GetBucketNotificationResponse
+  is not S3's shape, and the AWS SDK for Rust refuses it).
 - Public addresses (Elastic IPs, instances' public IPs) from 198.18.0.0/15, the range set
   aside for network tests, instead of moto's 127.x.y.z (this machine's loopback) and
   54.214.x.y (real AWS addresses): the test box assigns them to its own hosts.
@@ -86,12 +92,14 @@ from moto.cloudformation.responses import CloudFormationResponse
 from moto.core.common_models import CloudFormationModel
 from moto.core.utils import utcnow
 from moto.s3.models import s3_backends
+from moto.s3.responses import S3Response
 from moto.secretsmanager.models import secretsmanager_backends
 from moto.utilities.utils import get_partition
 from moto.ec2.models import elastic_ip_addresses, elastic_network_interfaces
 from moto.moto_server import werkzeug_app
 from moto.ec2.models import instances as ec2_instances
 from moto.ssm import models as ssm_models
+from moto.ses import models as ses_models
 
 WAIT_MODE = os.environ.get("FLIGHTDECK_EMULATOR_WAIT_CONDITIONS", "signal")
 if WAIT_MODE not in ("signal", "complete"):
@@ -462,6 +470,33 @@ def with_public_images(check: Any) -> Any:
     return checked
 
 
+def verified_when_made(init: Any) -> Any:
+    """Wraps ses EmailIdentity.__init__: verified for sending when its verification succeeded."""
+
+    def made(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.verified_for_sending_status = self.verification_status == "SUCCESS"
+
+    return made
+
+
+EMPTY_NOTIFICATIONS = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    '<NotificationConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>'
+)
+
+
+def with_empty_notifications(get: Any) -> Any:
+    """Wraps S3Response.get_bucket_notification: S3's answer for a bucket without any."""
+
+    def got(self: Any) -> Any:
+        if not self.backend.get_bucket_notification_configuration(self.bucket_name):
+            return 200, {"Content-Type": "application/xml"}, EMPTY_NOTIFICATIONS
+        return get(self)
+
+    return got
+
+
 def test_range_address(second_octet: int) -> Any:
     """A random address in 198.<second_octet>.0.0/16 (198.18.0.0/15 is for network tests)."""
     return lambda: f"198.{second_octet}.{random.randint(0, 255)}.{random.randint(1, 254)}"
@@ -593,6 +628,10 @@ def install() -> None:
         ec2_instances.InstanceBackend.run_instances)
     ec2_instances.Instance.create_from_cloudformation_json = with_security_group_ids(  # type: ignore
         ec2_instances.Instance.create_from_cloudformation_json)
+    S3Response.get_bucket_notification = with_empty_notifications(  # type: ignore[method-assign]
+        S3Response.get_bucket_notification)
+    ses_models.EmailIdentity.__init__ = verified_when_made(  # type: ignore[method-assign]
+        ses_models.EmailIdentity.__init__)
     elastic_ip_addresses.random_ip = test_range_address(18)  # type: ignore[attr-defined]
     elastic_network_interfaces.random_public_ip = test_range_address(19)  # type: ignore
 

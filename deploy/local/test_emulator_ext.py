@@ -95,6 +95,8 @@ class EmulatorExtensionTest(unittest.TestCase):
         cls.subnet = cls.ec2.create_subnet(VpcId=vpc, CidrBlock="10.20.0.0/20")["Subnet"]["SubnetId"]
 
         cls.ssm = boto3.client("ssm", **session)
+        cls.sesv2 = boto3.client("sesv2", **session)
+        cls.s3 = boto3.client("s3", **session)
 
     @classmethod
     def tearDownClass(cls) -> None:
@@ -421,6 +423,33 @@ class EmulatorExtensionTest(unittest.TestCase):
         instance = self.physical_id(stack_id, "Node")
         image = self.ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["ImageId"]
         self.assertEqual(image, value)
+
+    def test_a_bucket_without_notifications_answers_an_empty_configuration(self):
+        bucket = f"notifications-{uuid.uuid4().hex[:8]}"
+        self.s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+        url = f"{self.endpoint}/{bucket}?notification"
+        request = urllib.request.Request(url, headers={
+            "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/eu-west-2/s3/aws4_request"})
+        with urllib.request.urlopen(request) as answer:
+            body = answer.read().decode()
+        self.assertRegex(body, r"<NotificationConfiguration xmlns=\"[^\"]+\"/>$")
+        queue = "arn:aws:sqs:eu-west-2:123456789012:hints"
+        self.s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": queue, "Events": ["s3:ObjectCreated:*"]}]})
+        configured = self.s3.get_bucket_notification_configuration(Bucket=bucket)
+        self.assertEqual(configured["QueueConfigurations"][0]["QueueArn"], queue)
+
+    def test_an_email_identity_is_verified_for_sending_as_it_can_send(self):
+        domain = f"{uuid.uuid4().hex[:8]}.example"
+        self.sesv2.create_email_identity(EmailIdentity=domain)
+        identity = self.sesv2.get_email_identity(EmailIdentity=domain)
+        self.assertEqual(identity["VerificationStatus"], "SUCCESS")
+        self.assertIs(identity["VerifiedForSendingStatus"], True)
+        self.sesv2.send_email(
+            FromEmailAddress=f"flightdeck@{domain}",
+            Destination={"ToAddresses": ["ops@example.org"]},
+            Content={"Simple": {"Subject": {"Data": "s"}, "Body": {"Text": {"Data": "b"}}}},
+        )
 
     def test_a_parameter_only_update_reaches_a_resource_that_names_it_in_sub(self):
         body = json.dumps({

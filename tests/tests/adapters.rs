@@ -418,6 +418,7 @@ Resources:
                     allowed: vec![],
                     required: false,
                     default: Some("4".to_owned()),
+                    ssm: false,
                 },
             ),
             (
@@ -427,6 +428,7 @@ Resources:
                     allowed: vec!["c5.large".to_owned(), "r4.large".to_owned()],
                     required: true,
                     default: None,
+                    ssm: false,
                 },
             ),
             (
@@ -436,6 +438,7 @@ Resources:
                     allowed: vec![],
                     required: true,
                     default: None,
+                    ssm: false,
                 },
             ),
         ])

@@ -21,6 +21,9 @@ const DELETE_COMPLETE: &str = "DELETE_COMPLETE";
 /// What CloudFormation answers an UpdateStack that would change nothing.
 const NO_UPDATES: &str = "No updates are to be performed";
 
+/// How the type of a parameter whose value names an SSM parameter begins.
+const SSM_PARAMETER_TYPE: &str = "AWS::SSM::Parameter::Value<";
+
 /// Reasons that report another resource's failure rather than a failure of their own.
 const CASCADES: &[&str] = &[
     "Resource creation cancelled",
@@ -347,6 +350,9 @@ impl StackService for CloudFormation {
                         .unwrap_or_default(),
                     required: p.default_value().is_none(),
                     default: p.default_value().map(str::to_owned),
+                    ssm: p
+                        .parameter_type()
+                        .is_some_and(|t| t.starts_with(SSM_PARAMETER_TYPE)),
                 };
                 Some((p.parameter_key()?.to_owned(), rule))
             })

@@ -6,6 +6,7 @@
 pub mod cloudformation;
 pub mod ec2;
 pub mod error;
+pub mod preflight;
 pub mod s3;
 pub mod ses;
 
