@@ -253,6 +253,7 @@ where
             return Ok(Flow::Later);
         }
         self.ahead(key, "delete_stack", name).await?;
+        self.record_deletion(key, id).await?;
         self.cloud.stacks.delete(id, token).await?;
         self.lock_usage().remove(key);
         info!(user = %key.user, cluster = %key.cluster, stack = %name, "stack delete started");

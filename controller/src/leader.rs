@@ -186,10 +186,11 @@ struct Permit {
     until: Option<Instant>,
 }
 
-fn epoch_ms() -> u128 {
+/// This host's clock in milliseconds since the epoch, for the mutation log.
+fn epoch_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn epoch_seconds() -> i64 {

@@ -374,7 +374,7 @@ impl Metrics {
             m.refused.with_label_values(&[reason]);
         }
         for event in ["ready", "failed", "deleted", "lifetime_warning"] {
-            for outcome in ["sent", "error", "rate_limited"] {
+            for outcome in ["sent", "error", "rate_limited", "unconfirmed"] {
                 m.notifications.with_label_values(&[event, outcome]);
             }
         }

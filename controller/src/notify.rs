@@ -4,9 +4,10 @@
 //! Under the controller's own prefix: `outbox/<id>.json` holds a notice not yet sent (written
 //! before the send, removed after), `notified/<id>` claims it. The claim is written with
 //! `If-None-Match: *` before the email is sent, so of two replicas (or a leader and its
-//! successor) only one can send it; a send that fails gives the claim back for a retry. A
-//! replica killed between its claim and its send leaves a notice that is never sent: at
-//! most once, not at least once. The records are read when a replica starts leading; the
+//! successor) only one can send it; a send that fails gives the claim back for a retry, and
+//! one that succeeds marks its claim `sent`. A replica killed between its claim and its
+//! send leaves a notice that is never sent: at most once, not at least once; the next
+//! leader that meets it logs it and counts it (`outcome="unconfirmed"`). The records are read when a replica starts leading; the
 //! outbox is looked at on the first full resync and after a send failed, so a quiet pass
 //! costs no extra call.
 
@@ -22,6 +23,9 @@ use tracing::{info, warn};
 
 use crate::ports::{CallError, ErrorKind, Instances, Mailer, ObjectStore, StackService};
 use crate::reconcile::Reconciler;
+
+/// What a claim holds once its notice went out (empty until then).
+const SENT: &[u8] = b"sent";
 
 /// How long a record of a sent notice is kept (90 days).
 const RECORDS_KEPT_SECS: i64 = 90 * 24 * 3600;
@@ -60,7 +64,8 @@ where
         format!("{}notified/", self.settings.controller_prefix)
     }
 
-    /// Reads which notices went out before this process started.
+    /// Reads which notices went out before this process started (or this replica started
+    /// leading), and which stacks were being deleted ([`Reconciler::recall_deletions`]).
     ///
     /// # Errors
     /// The listing that failed.
@@ -88,6 +93,7 @@ where
         }
         let n = ids.len();
         self.lock_delivered().extend(ids);
+        self.recall_deletions().await?;
         Ok(n)
     }
 
@@ -129,7 +135,13 @@ where
             Err(e) if e.kind == ErrorKind::AlreadyExists => {
                 // Claimed before: sent, or its sender stopped between claim and send.
                 self.lock_delivered().insert(notice.id.clone());
-                self.tidy_outbox(outbox).await;
+                if let Ok(Some(claim)) = self.cloud.store.get(&record).await
+                    && claim.body != SENT
+                {
+                    warn!(user = %notice.key.user, cluster = %notice.key.cluster, event, id = %notice.id, "a notice may not have gone out: the replica that claimed it stopped before it was sent; it is not sent again (at most once)");
+                    self.metrics.notification(event, "unconfirmed");
+                }
+                self.tidy(notice, outbox).await;
                 return;
             }
             Err(e) => {
@@ -146,7 +158,10 @@ where
                 info!(user = %notice.key.user, cluster = %notice.key.cluster, event, recipients = to.len(), "notified");
                 self.metrics.notification(event, "sent");
                 self.lock_delivered().insert(notice.id.clone());
-                self.tidy_outbox(outbox).await;
+                if let Err(e) = self.cloud.store.put(&record, "sent").await {
+                    warn!(error = %e, "notice sent, but its claim could not be marked sent");
+                }
+                self.tidy(notice, outbox).await;
             }
             Err(e) => {
                 warn!(user = %notice.key.user, cluster = %notice.key.cluster, event, error = %e, "notification not sent; will retry");
@@ -159,9 +174,20 @@ where
         }
     }
 
-    async fn tidy_outbox(&self, outbox: &str) {
+    /// Removes a delivered notice from the outbox, and for a deletion, the record that kept
+    /// it for the next leader ([`Reconciler::record_deletion`]).
+    async fn tidy(&self, notice: &Notice, outbox: &str) {
         if let Err(e) = self.cloud.store.delete(outbox).await {
             warn!(error = %e, "notice sent, but it could not be removed from the outbox");
+        }
+        if notice.event == NoticeEvent::Deleted
+            && let Err(e) = self
+                .cloud
+                .store
+                .delete(&self.deletion_record(&notice.key))
+                .await
+        {
+            warn!(error = %e, "notice sent, but the record of its deletion could not be removed");
         }
     }
 

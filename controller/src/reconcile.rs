@@ -720,8 +720,66 @@ where
         if self.cloud.stacks.describe(&id).await?.is_some() {
             return Ok(None);
         }
+        // The record of the deletion stays until its notice is delivered: a replica that
+        // starts leading before then notices it again (the notice's claim keeps it once).
         self.lock_seen().remove(key);
         Ok(Some(id))
+    }
+
+    /// Where the stack being deleted for `key` is recorded: a replica that starts leading
+    /// while the delete is under way has not seen the stack, and learns it here.
+    pub(crate) fn deletion_record(&self, key: &ClusterKey) -> String {
+        format!(
+            "{}deleting/{}/{}",
+            self.settings.controller_prefix, key.user, key.cluster
+        )
+    }
+
+    /// Records, before DeleteStack, that `key`'s stack `id` is being deleted, so that
+    /// whichever replica leads when it is gone sends the "deleted" notice (only when
+    /// notices are on: nothing else needs it).
+    pub(crate) async fn record_deletion(
+        &self,
+        key: &ClusterKey,
+        id: &str,
+    ) -> Result<(), CallError> {
+        if self.settings.notify.is_none() {
+            return Ok(());
+        }
+        self.cloud
+            .store
+            .put(&self.deletion_record(key), id)
+            .await
+            .map(|_| ())
+    }
+
+    /// Reads the deletions under way into what this replica has seen; returns how many.
+    ///
+    /// # Errors
+    /// The listing or read that failed.
+    pub async fn recall_deletions(&self) -> Result<usize, CallError> {
+        if self.settings.notify.is_none() {
+            return Ok(0);
+        }
+        let prefix = format!("{}deleting/", self.settings.controller_prefix);
+        let mut recalled = 0;
+        for record in self.cloud.store.list(&prefix).await? {
+            let Some((user, cluster)) = record.key[prefix.len()..].split_once('/') else {
+                continue;
+            };
+            let (Ok(key), Some(found)) = (
+                ClusterKey::new(user, cluster),
+                self.cloud.store.get(&record.key).await?,
+            ) else {
+                continue;
+            };
+            let id = String::from_utf8_lossy(&found.body).trim().to_owned();
+            if !id.is_empty() {
+                self.lock_seen().entry(key).or_insert(id);
+                recalled += 1;
+            }
+        }
+        Ok(recalled)
     }
 
     fn lock_seen(&self) -> std::sync::MutexGuard<'_, HashMap<ClusterKey, String>> {

@@ -111,3 +111,65 @@ fn notice_claims(rec: &super::tests::Rec) -> Vec<String> {
         .filter(|k| k.starts_with("flightdeck/notified/"))
         .collect()
 }
+
+#[tokio::test]
+async fn a_deletion_its_leader_did_not_live_to_see_finish_is_notified_by_the_next() {
+    let rec = rec();
+    rec.cloud().store.insert("home/alice/x.cf-create", SEED);
+    rec.resync(false, None).await.unwrap();
+    rec.cloud().store.insert("home/alice/x.cf-delete", "");
+    rec.resync(false, None).await.unwrap();
+    assert!(
+        rec.cloud().stacks.names().is_empty(),
+        "the stack is deleted"
+    );
+
+    // The leader that deleted it is gone; the next one never saw the stack.
+    rec.forget();
+    rec.load_delivered().await.unwrap();
+    for _ in 0..3 {
+        rec.resync(false, None).await.unwrap();
+    }
+    let subjects = rec.cloud().mailer.as_ref().unwrap().subjects();
+    assert_eq!(
+        subjects
+            .iter()
+            .filter(|s| s.ends_with("is deleted"))
+            .count(),
+        1,
+        "{subjects:?}"
+    );
+    assert!(
+        !rec.cloud()
+            .store
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("flightdeck/deleting/")),
+        "the record of the deletion is removed once it is done"
+    );
+}
+
+#[tokio::test]
+async fn a_notice_claimed_by_a_replica_that_died_before_sending_is_counted_not_sent() {
+    let rec = rec();
+    let id = "0123456789abcdef01234567";
+    // Claimed (empty: not marked sent), still in the outbox: its sender died in between.
+    rec.cloud()
+        .store
+        .insert(&format!("flightdeck/notified/{id}"), "");
+    let outbox = format!("flightdeck/outbox/{id}.json");
+    rec.cloud().store.insert(
+        &outbox,
+        serde_json::json!({"id": id, "event": "ready", "user": "alice", "cluster": "x", "stack": "fd-alice-x", "detail": "198.51.100.7"}).to_string(),
+    );
+    rec.resync(false, None).await.unwrap();
+    assert!(rec.cloud().mailer.as_ref().unwrap().subjects().is_empty());
+    assert!(
+        rec.metrics()
+            .render()
+            .contains("flightdeck_notifications_total{event=\"ready\",outcome=\"unconfirmed\"} 1"),
+        "{}",
+        rec.metrics().render()
+    );
+    assert!(rec.cloud().store.text(&outbox).is_none());
+}
