@@ -460,6 +460,24 @@ impl Metrics {
         }
     }
 
+    /// This replica stood down: what its last pass saw is the new leader's to say, so the
+    /// gauges of the pass go back to zero (dashboards sum them over replicas).
+    pub fn stood_down(&self) {
+        for phase in PHASES {
+            self.clusters
+                .with_label_values(&[phase_label(phase)])
+                .set(0);
+            self.cost.with_label_values(&[phase_label(phase)]).set(0.0);
+        }
+        self.user_clusters.reset();
+        self.user_max_nodes.reset();
+        self.orphans_pending.set(0);
+        self.held_back.set(0);
+        self.expiries_held_back(0, None);
+        self.foreign_objects.set(0);
+        self.queue_depth.set(0);
+    }
+
     /// A full resync could not list.
     pub fn resync_failed(&self, error: &CallError) {
         error!(%error, "resync failed: nothing was planned; trying again next interval");
@@ -666,5 +684,34 @@ mod tests {
             text.contains("flightdeck_orphan_deletions_held_back 6"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_replica_that_stands_down_stops_reporting_its_last_pass() {
+        let m = Metrics::new(true);
+        let summary = PassSummary {
+            phases: BTreeMap::from([("Ready", 3)]),
+            users: BTreeMap::from([("alice".to_string(), (BTreeMap::from([("Ready", 3)]), 75))]),
+            orphans_pending: 2,
+            ..PassSummary::default()
+        };
+        m.resync_done(0.1, &summary);
+        m.leading(Some(4));
+        assert!(
+            m.render()
+                .contains("flightdeck_clusters{phase=\"Ready\"} 3")
+        );
+        m.leading(None);
+        m.stood_down();
+        let text = m.render();
+        for gone in [
+            "flightdeck_clusters{phase=\"Ready\"} 0",
+            "flightdeck_orphans_pending 0",
+            "flightdeck_leader 0",
+            "flightdeck_leader_term 0",
+        ] {
+            assert!(text.contains(gone), "{gone} in {text}");
+        }
+        assert!(!text.contains("flightdeck_user_clusters{"), "{text}");
     }
 }

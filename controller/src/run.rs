@@ -90,6 +90,7 @@ where
                     "stopped acting: the clusters in hand are left to the next leader"
                 );
                 queue.clear();
+                rec.metrics().stood_down();
             }
         }
     }
