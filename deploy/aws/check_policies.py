@@ -38,6 +38,7 @@ PLACEHOLDERS = {
     "SesIdentity": "example.org",
     "NotifyFrom": "flightdeck@example.org",
     "VpcId": "vpc-0123456789abcdef0",
+    "ControllerRoleName": "flightdeck-controller",
     "StackRole.Arn": "arn:aws:iam::123456789012:role/flightdeck-stack-role",
     "ClusterBoundary": "arn:aws:iam::123456789012:policy/flightdeck-cluster-boundary",
 }
@@ -46,7 +47,7 @@ PLACEHOLDERS = {
 # template would then pass this check and still hold the example account, bucket or VPC.
 LITERALS = ["arn:aws:", "123456789012", "eu-west-2", "flightdeck-users", "flightdeck-customizer",
             "example.org", "vpc-0123456789abcdef0", "flightdeck-stack-role",
-            "flightdeck-cluster-boundary", "production"]
+            "flightdeck-cluster-boundary", "flightdeck-controller", "production"]
 
 # (policy file, where the document is in the template)
 DOCUMENTS = [

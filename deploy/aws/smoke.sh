@@ -80,7 +80,7 @@ aws() { "$AWS" --endpoint-url "$ENDPOINT" "$@"; }
 
 echo "aws smoke: aws cloudformation create-stack --stack-name $STACK"
 aws cloudformation create-stack --stack-name "$STACK" --template-body file://deploy/aws/flightdeck.yaml \
-    --capabilities CAPABILITY_IAM --parameters "file://$WORK/parameters.json" >/dev/null
+    --capabilities CAPABILITY_NAMED_IAM --parameters "file://$WORK/parameters.json" >/dev/null
 
 # Lambda's part: run the custom resource's function on CloudFormation's request.
 request="$WORK/events/BucketNotification-Create.json"

@@ -207,6 +207,8 @@ struct Seen {
     kills: Vec<(String, u128)>,
     /// Time from each kill until the lease named another replica in a higher term.
     takeovers_ms: Vec<u128>,
+    /// Who took over after each kill, and when that kill was.
+    successors: Vec<(String, u128)>,
     most_quota_stacks: usize,
     hints_accepted: usize,
     hints_standby: usize,
@@ -277,12 +279,12 @@ async fn chaos(site: &Site, fleet: &Mutex<Fleet>, stop: &AtomicBool, seen: &Mute
             };
             if let Some((who, at)) = killed {
                 last_kill = Instant::now();
-                let takeover = loop {
+                let (takeover, successor) = loop {
                     if let Some((h, t)) = lease_holder(site).await
                         && h != who
                         && t > term
                     {
-                        break now_ms() - at;
+                        break (now_ms() - at, h);
                     }
                     if now_ms() - at > 60_000 {
                         panic!("nobody took over within a minute of killing {who}");
@@ -292,6 +294,7 @@ async fn chaos(site: &Site, fleet: &Mutex<Fleet>, stop: &AtomicBool, seen: &Mute
                 let mut s = seen.lock().unwrap();
                 s.kills.push((who, at));
                 s.takeovers_ms.push(takeover);
+                s.successors.push((successor, at));
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -376,6 +379,33 @@ fn sent_subjects() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// When `replica` first logged a complete full pass after `after` (epoch ms).
+fn first_resync_after(logs: &[(String, PathBuf)], replica: &str, after: u128) -> Option<u128> {
+    let (_, log) = logs.iter().find(|(identity, _)| identity == replica)?;
+    std::fs::read_to_string(log)
+        .ok()?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "resync complete")
+        .filter_map(|v| epoch_ms_of(v["timestamp"].as_str()?))
+        .find(|t| *t >= after)
+}
+
+/// `2026-12-03T14:35:49.582562Z` in milliseconds since the epoch.
+fn epoch_ms_of(stamp: &str) -> Option<u128> {
+    let n = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (h, min, s, ms) = (n(11..13)?, n(14..16)?, n(17..19)?, n(20..23)?);
+    // Days from the civil date (proleptic Gregorian), March-based years.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u128::try_from((((days * 24 + h) * 60 + min) * 60 + s) * 1000 + ms).ok()
 }
 
 fn median(v: &mut [u128]) -> u128 {
@@ -564,8 +594,15 @@ async fn three_replicas_with_the_leader_killed_every_few_seconds_act_as_one() {
         seen.kills.len()
     );
     let mut takeovers = seen.takeovers_ms.clone();
+    let mut to_resync: Vec<u128> = seen
+        .successors
+        .iter()
+        .filter_map(|(who, at)| first_resync_after(&logs, who, *at).map(|t| t - at))
+        .collect();
     println!(
         "replicas: {} kills; lease taken over after a median {} ms, at most {} ms (lease {} ms); \
+         the new leader's first full pass complete after a median {} ms, at most {} ms \
+         ({} of {} successors completed one before they were killed in turn); \
          {} mutating calls in {} terms; {} stacks; notices: {ready} ready and {deleted} deleted \
          of 42 and 20, none twice; hints: {} accepted, {} answered 503 by a standby; \
          the quota user never had more than {} stacks",
@@ -573,6 +610,10 @@ async fn three_replicas_with_the_leader_killed_every_few_seconds_act_as_one() {
         median(&mut takeovers),
         takeovers.iter().max().unwrap(),
         LEASE.as_millis(),
+        median(&mut to_resync),
+        to_resync.iter().max().copied().unwrap_or(0),
+        to_resync.len(),
+        seen.successors.len(),
         calls.len(),
         terms.len(),
         stacks.len(),
@@ -580,4 +621,19 @@ async fn three_replicas_with_the_leader_killed_every_few_seconds_act_as_one() {
         seen.hints_standby,
         seen.most_quota_stacks,
     );
+}
+
+#[test]
+fn log_timestamps_read_as_epoch_milliseconds() {
+    assert_eq!(epoch_ms_of("1970-01-01T00:00:00.000000Z"), Some(0));
+    // A line of a replica's log and the ended_ms it carried.
+    assert_eq!(
+        epoch_ms_of("2026-12-03T14:35:49.582562Z"),
+        Some(1_796_308_549_582)
+    );
+    assert_eq!(
+        epoch_ms_of("2024-02-29T00:00:00.001Z"),
+        Some(1_709_164_800_001)
+    );
+    assert_eq!(epoch_ms_of("garbage"), None);
 }

@@ -85,6 +85,20 @@ impl S3Store {
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
+
+    /// A PutObject of `body` to `key`, with the content type its suffix calls for.
+    fn put_object(
+        &self,
+        key: &str,
+        body: &str,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type(key))
+            .body(ByteStream::from(body.as_bytes().to_vec()))
+    }
 }
 
 /// A body that broke off while it was read: asking again may work.
@@ -107,6 +121,18 @@ fn content_type(key: &str) -> &'static str {
     } else {
         TEXT
     }
+}
+
+/// The ETag of an answer to writing `key`; S3 always gives one.
+fn answered_etag(key: &str, etag: Option<&str>) -> Result<String, CallError> {
+    etag.map(str::to_owned).ok_or_else(|| {
+        local(
+            SERVICE,
+            "PutObject",
+            ErrorKind::Other,
+            format!("the answer to writing {key} has no ETag"),
+        )
+    })
 }
 
 impl ObjectStore for S3Store {
@@ -267,36 +293,18 @@ impl ObjectStore for S3Store {
     }
 
     async fn put(&self, key: &str, body: &str) -> Result<String, CallError> {
-        const OPERATION: &str = "PutObject";
         let put = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type(key))
-            .body(ByteStream::from(body.as_bytes().to_vec()))
+            .put_object(key, body)
             .send()
             .await
-            .map_err(|e| classify(SERVICE, OPERATION, &e))?;
-        put.e_tag().map(str::to_owned).ok_or_else(|| {
-            local(
-                SERVICE,
-                OPERATION,
-                ErrorKind::Other,
-                format!("the answer to writing {key} has no ETag"),
-            )
-        })
+            .map_err(|e| classify(SERVICE, "PutObject", &e))?;
+        answered_etag(key, put.e_tag())
     }
 
     async fn put_new(&self, key: &str, body: &str) -> Result<(), CallError> {
         const OPERATION: &str = "PutObject";
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type(key))
+        self.put_object(key, body)
             .if_none_match("*")
-            .body(ByteStream::from(body.as_bytes().to_vec()))
             .send()
             .await
             .map(|_| ())
@@ -315,29 +323,15 @@ impl ObjectStore for S3Store {
         body: &str,
         etag: Option<&str>,
     ) -> Result<Option<String>, CallError> {
-        const OPERATION: &str = "PutObject";
-        let put = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type(key))
-            .body(ByteStream::from(body.as_bytes().to_vec()));
+        let put = self.put_object(key, body);
         let put = match etag {
             Some(etag) => put.if_match(etag),
             None => put.if_none_match("*"),
         };
         match put.send().await {
-            Ok(answer) => answer.e_tag().map(|e| Some(e.to_owned())).ok_or_else(|| {
-                local(
-                    SERVICE,
-                    OPERATION,
-                    ErrorKind::Other,
-                    format!("the answer to writing {key} has no ETag"),
-                )
-            }),
+            Ok(answer) => answered_etag(key, answer.e_tag()).map(Some),
             Err(e) => {
-                let err = classify(SERVICE, OPERATION, &e);
+                let err = classify(SERVICE, "PutObject", &e);
                 match err.code.as_deref() {
                     // 409 ConditionalRequestConflict: a concurrent conditional write won.
                     Some(
