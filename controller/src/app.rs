@@ -72,7 +72,7 @@ pub async fn aws_cloud(
 
 /// The fence of a one-off command that acts alone (`enrol`) or changes nothing (`plan`).
 pub fn one_off(metrics: &Arc<Metrics>) -> Arc<Fence> {
-    Fence::unelected("flightdeck-command", metrics.clone())
+    Fence::command(metrics.clone())
 }
 
 /// Builds the AWS clients, then [`checked`].

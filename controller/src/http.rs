@@ -2,7 +2,10 @@
 //! listener or two ([`Serves`]); [`listener`] accepts and bounds the connections.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, so that tests on a paused clock see readiness age.
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use flightdeck_core::hint::parse_hint;

@@ -45,6 +45,9 @@ pub struct Fence {
     leading: watch::Sender<Option<u64>>,
     /// The holder another replica's lease names, while this one stands by.
     leader: Mutex<Option<String>>,
+    /// Each mutating call is logged at info (a controller) or debug (an operator's command,
+    /// which prints what it did itself).
+    log_calls: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -60,12 +63,24 @@ impl Fence {
             hold: Mutex::new(None),
             leading: watch::Sender::new(None),
             leader: Mutex::new(None),
+            log_calls: true,
             metrics,
         })
     }
 
-    /// A fence that always lets its replica act (election off, or a one-off command).
+    /// A fence that always lets its replica act, in term 0: a controller with election
+    /// off (run one only).
     pub fn unelected(identity: &str, metrics: Arc<Metrics>) -> Arc<Fence> {
+        Fence::always(identity, true, metrics)
+    }
+
+    /// The fence of an operator's command (`enrol`, `adopt`, `plan`, `doctor`): it always
+    /// acts, and logs its calls only at debug level.
+    pub fn command(metrics: Arc<Metrics>) -> Arc<Fence> {
+        Fence::always("flightdeck-command", false, metrics)
+    }
+
+    fn always(identity: &str, log_calls: bool, metrics: Arc<Metrics>) -> Arc<Fence> {
         metrics.leading(Some(0));
         Arc::new(Fence {
             identity: identity.to_owned(),
@@ -74,6 +89,7 @@ impl Fence {
             hold: Mutex::new(None),
             leading: watch::Sender::new(Some(0)),
             leader: Mutex::new(Some(identity.to_owned())),
+            log_calls,
             metrics,
         })
     }
@@ -222,9 +238,10 @@ pub async fn elect<S: ObjectStore>(
         highest_term: 0,
     };
     loop {
-        elector.step().await;
-        if fence.term().is_none() {
-            // Standing by keeps it ready: it answers probes, metrics, and hints with 503.
+        let reached = elector.step().await;
+        if reached && fence.term().is_none() {
+            // A standby that reaches the lease is ready: it answers probes and metrics, and
+            // hints with 503, and can take over.
             health.resynced();
         }
         tokio::select! {
@@ -245,8 +262,8 @@ struct Elector<'a, S> {
 }
 
 impl<S: ObjectStore> Elector<'_, S> {
-    /// One round: renew the lease held, or read it and decide.
-    async fn step(&mut self) {
+    /// One round: renew the lease held, or read it and decide. Returns whether S3 answered.
+    async fn step(&mut self) -> bool {
         let hold = self.fence.hold();
         let now = self.fence.now();
         if let Some(h) = &hold
@@ -260,7 +277,7 @@ impl<S: ObjectStore> Elector<'_, S> {
         }
         let hold = hold.filter(|h| h.valid(now, &self.timing));
         if hold.is_none() && !self.read().await {
-            return;
+            return false;
         }
         let step = lease::decide(
             &self.fence.identity,
@@ -275,7 +292,7 @@ impl<S: ObjectStore> Elector<'_, S> {
             Step::Follow { holder } => {
                 debug!(holder = holder.as_deref().unwrap_or("unknown"), "following");
                 self.fence.follow(holder);
-                return;
+                return true;
             }
             Step::Create(record) => (record, None),
             Step::TakeOver { etag, record } | Step::Renew { etag, record } => (record, Some(etag)),
@@ -295,6 +312,7 @@ impl<S: ObjectStore> Elector<'_, S> {
                     renewed: sent,
                     renewals: record.renewals,
                 }));
+                true
             }
             Ok(None) => {
                 // Another replica's version is there: whoever wrote it holds the lease.
@@ -306,9 +324,13 @@ impl<S: ObjectStore> Elector<'_, S> {
                 }
                 self.fence.set(None);
                 self.seen = None;
+                true
             }
             // A renewal that failed leaves the hold as it was: it lapses at its deadline.
-            Err(e) => warn!(error = %e, "could not write the lease; will try again"),
+            Err(e) => {
+                warn!(error = %e, "could not write the lease; will try again");
+                false
+            }
         }
     }
 
@@ -436,7 +458,13 @@ impl<T> Fenced<T> {
                 }
             },
         };
-        info!(target: "flightdeck::mutation", term = permit.term, replica, service, operation, on = target, started_ms, ended_ms = epoch_ms(), ok = result.is_ok(), "mutation");
+        let ended_ms = epoch_ms();
+        let ok = result.is_ok();
+        if self.fence.log_calls {
+            info!(target: "flightdeck::mutation", term = permit.term, replica, service, operation, on = target, started_ms, ended_ms, ok, "mutation");
+        } else {
+            debug!(target: "flightdeck::mutation", term = permit.term, replica, service, operation, on = target, started_ms, ended_ms, ok, "mutation");
+        }
         result
     }
 }

@@ -114,6 +114,7 @@ struct Replica {
     elector: JoinHandle<()>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     service: Arc<Fenced<Recorder>>,
+    health: Arc<Health>,
 }
 
 impl Replica {
@@ -125,10 +126,10 @@ impl Replica {
             cut: AtomicBool::new(false),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let health = Arc::new(Health::new(Duration::from_secs(10)));
         let elector = {
-            let (link, fence) = (link.clone(), fence.clone());
+            let (link, fence, health) = (link.clone(), fence.clone(), health.clone());
             tokio::spawn(async move {
-                let health = Health::new(Duration::from_secs(60));
                 elect(&*link, KEY, &fence, &health, async {
                     let _ = stopped.await;
                 })
@@ -142,6 +143,7 @@ impl Replica {
             elector,
             stop: Some(stop),
             service,
+            health,
         }
     }
 
@@ -329,4 +331,25 @@ async fn a_lease_written_by_another_replica_meanwhile_makes_the_holder_stand_dow
     );
     // z never renews: a takes over once z's version has stood for a lease, in a new term.
     assert_eq!(until_leading(&a.fence, Duration::from_secs(30)).await, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_is_ready_while_it_reaches_the_lease_and_not_once_cut_off() {
+    let store = Arc::new(FakeStore::default());
+    let a = Replica::start("a", &store);
+    until_leading(&a.fence, Duration::from_secs(1)).await;
+    let b = Replica::start("b", &store);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        b.health.ready(),
+        Ok(()),
+        "a standby that reads the lease is ready"
+    );
+    b.link.cut.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        b.health.ready().is_err(),
+        "a standby that cannot reach the lease could not take over, so it is not ready"
+    );
+    assert_eq!(b.fence.term(), None);
 }
