@@ -70,11 +70,6 @@ pub async fn aws_cloud(
     }
 }
 
-/// The fence of a one-off command that acts alone (`enrol`) or changes nothing (`plan`).
-pub fn one_off(metrics: &Arc<Metrics>) -> Arc<Fence> {
-    Fence::command(metrics.clone())
-}
-
 /// Builds the AWS clients, then [`checked`].
 ///
 /// # Errors

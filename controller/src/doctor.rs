@@ -33,11 +33,12 @@ pub use report::{Check, Finding, Halt, Outcome, Report};
 
 use findings::{DOCTOR_STATEMENT, hints_off, unanswered};
 
-use crate::app::{aws_cloud, one_off, request_rules};
+use crate::app::{aws_cloud, request_rules};
 use crate::aws::preflight::AwsPreflight;
 use crate::aws::{AwsSettings, load};
 use crate::config::Settings;
 use crate::enrol::DEFAULT_FOLDER;
+use crate::leader::Fence;
 use crate::metrics::Metrics;
 use crate::ports::{CallError, ErrorKind, ObjectStore, StackService};
 
@@ -140,7 +141,7 @@ pub async fn run(config: &Path, env: impl IntoIterator<Item = (String, String)>)
     let region = conf.region().map(ToString::to_string).unwrap_or_default();
     let metrics = Arc::new(Metrics::new(false));
     // Doctor only reads: the fence of a one-off command is never asked.
-    let cloud = aws_cloud(&settings, &metrics, &one_off(&metrics)).await;
+    let cloud = aws_cloud(&settings, &metrics, &Fence::command(metrics.clone())).await;
     let preflight = AwsPreflight::new(&conf, aws.s3_path_style());
     let mut report = examine(
         &settings,

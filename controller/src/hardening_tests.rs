@@ -323,15 +323,7 @@ async fn a_deletion_flightdeck_saw_is_notified_once() {
     for _ in 0..3 {
         rec.resync(false, None).await.unwrap();
     }
-    let subjects = rec.cloud().mailer.as_ref().unwrap().subjects();
-    assert_eq!(
-        subjects
-            .iter()
-            .filter(|s| s.ends_with("is deleted"))
-            .count(),
-        1,
-        "{subjects:?}"
-    );
+    assert_eq!(super::tests::emails_ending(&rec, "is deleted"), 1);
 }
 
 #[tokio::test]

@@ -189,7 +189,7 @@ impl Command {
                         .with_context(|| format!("{}", file.display()))?;
                 }
                 let metrics = Arc::new(Metrics::new(false));
-                let fence = flightdeck::app::one_off(&metrics);
+                let fence = flightdeck::leader::Fence::command(metrics.clone());
                 let cloud = flightdeck::app::aws_cloud(&settings, &metrics, &fence).await;
                 let done = flightdeck::enrol::enrol(
                     &cloud.customizer,
@@ -215,7 +215,7 @@ impl Command {
                 let metrics = Arc::new(Metrics::new(false));
                 // An operator's command, idempotent, and careful never to overwrite a
                 // request: it needs no lease (the controller may run meanwhile).
-                let fence = flightdeck::app::one_off(&metrics);
+                let fence = flightdeck::leader::Fence::command(metrics.clone());
                 let rec = connect(load(&config.config)?, metrics, &fence).await?;
                 let lines = flightdeck::adopt::adopt(&rec, apply).await?;
                 for line in &lines {
@@ -250,7 +250,7 @@ impl Command {
                 let rec = connect(
                     settings,
                     metrics.clone(),
-                    &flightdeck::app::one_off(&metrics),
+                    &flightdeck::leader::Fence::command(metrics.clone()),
                 )
                 .await?;
                 let report = rec

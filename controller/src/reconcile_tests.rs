@@ -133,6 +133,18 @@ pub(crate) fn rec() -> Rec {
     rec_with(settings(Duration::from_secs(600), 5))
 }
 
+/// How many emails went out whose subject ends with `ending` (`"is ready"`, `"is deleted"`).
+pub(crate) fn emails_ending(rec: &Rec, ending: &str) -> usize {
+    rec.cloud()
+        .mailer
+        .as_ref()
+        .unwrap()
+        .subjects()
+        .iter()
+        .filter(|s| s.ends_with(ending))
+        .count()
+}
+
 pub(crate) fn text(rec: &Rec, key: &str) -> String {
     rec.cloud()
         .store

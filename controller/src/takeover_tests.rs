@@ -1,6 +1,6 @@
 //! A replica that starts leading: what it must forget, and what it must not do twice.
 
-use super::tests::{SEED, policy_text, rec, rec_with, settings, text};
+use super::tests::{SEED, emails_ending, policy_text, rec, rec_with, settings, text};
 use flightdeck_core::key::ClusterKey;
 
 #[tokio::test]
@@ -40,13 +40,7 @@ async fn a_notice_another_replica_claimed_is_not_sent_again() {
     rec.cloud().store.insert("home/alice/x.cf-create", SEED);
     rec.resync(false, None).await.unwrap();
     rec.resync(false, None).await.unwrap();
-    let mailer = rec.cloud().mailer.as_ref().unwrap();
-    let sent = mailer.subjects();
-    assert_eq!(
-        sent.iter().filter(|s| s.ends_with("is ready")).count(),
-        1,
-        "{sent:?}"
-    );
+    assert_eq!(emails_ending(&rec, "is ready"), 1);
 
     // Leading again, it reads the records, deletes the cluster and notifies once.
     rec.cloud().store.insert("home/alice/x.cf-delete", "");
@@ -64,17 +58,7 @@ async fn a_notice_another_replica_claimed_is_not_sent_again() {
         1,
         "the deletion notice was claimed once"
     );
-    let deleted = |rec: &super::tests::Rec| {
-        rec.cloud()
-            .mailer
-            .as_ref()
-            .unwrap()
-            .subjects()
-            .iter()
-            .filter(|s| s.ends_with("is deleted"))
-            .count()
-    };
-    assert_eq!(deleted(&rec), 1);
+    assert_eq!(emails_ending(&rec, "is deleted"), 1);
 
     // A second replica that has not read the records yet meets the same notice: the claim
     // written before the send stops it.
@@ -96,7 +80,11 @@ async fn a_notice_another_replica_claimed_is_not_sent_again() {
         serde_json::json!({"id": &deleted_claim[0]["flightdeck/notified/".len()..], "event": "deleted", "user": "alice", "cluster": "x", "stack": "fd-alice-x", "detail": ""}).to_string(),
     );
     rec.resync(false, None).await.unwrap();
-    assert_eq!(deleted(&rec), 0, "sent once, by whoever claimed it first");
+    assert_eq!(
+        emails_ending(&rec, "is deleted"),
+        0,
+        "sent once, by whoever claimed it first"
+    );
     assert!(
         rec.cloud().store.text(&outbox).is_none(),
         "the outbox is tidied"
@@ -130,15 +118,7 @@ async fn a_deletion_its_leader_did_not_live_to_see_finish_is_notified_by_the_nex
     for _ in 0..3 {
         rec.resync(false, None).await.unwrap();
     }
-    let subjects = rec.cloud().mailer.as_ref().unwrap().subjects();
-    assert_eq!(
-        subjects
-            .iter()
-            .filter(|s| s.ends_with("is deleted"))
-            .count(),
-        1,
-        "{subjects:?}"
-    );
+    assert_eq!(emails_ending(&rec, "is deleted"), 1);
     assert!(
         !rec.cloud()
             .store
