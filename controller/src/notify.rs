@@ -135,13 +135,7 @@ where
             Err(e) if e.kind == ErrorKind::AlreadyExists => {
                 // Claimed before: sent, or its sender stopped between claim and send.
                 self.lock_delivered().insert(notice.id.clone());
-                if let Ok(Some(claim)) = self.cloud.store.get(&record).await
-                    && claim.body != SENT
-                {
-                    warn!(user = %notice.key.user, cluster = %notice.key.cluster, event, id = %notice.id, "a notice may not have gone out: the replica that claimed it stopped before it was sent; it is not sent again (at most once)");
-                    self.metrics.notification(event, "unconfirmed");
-                }
-                self.tidy(notice, outbox).await;
+                self.settle_claimed(notice, outbox).await;
                 return;
             }
             Err(e) => {
@@ -172,6 +166,20 @@ where
                 self.outbox_pending.store(true, Ordering::SeqCst);
             }
         }
+    }
+
+    /// A notice claimed before, met again: says so when its claim was never marked sent
+    /// (it is not sent again: at most once), then tidies it away.
+    async fn settle_claimed(&self, notice: &Notice, outbox: &str) {
+        let record = format!("{}{}", self.notified_prefix(), notice.id);
+        if let Ok(Some(claim)) = self.cloud.store.get(&record).await
+            && claim.body != SENT
+        {
+            let event = event_label(notice.event);
+            warn!(user = %notice.key.user, cluster = %notice.key.cluster, event, id = %notice.id, "a notice may not have gone out: the replica that claimed it stopped before it was sent; it is not sent again (at most once)");
+            self.metrics.notification(event, "unconfirmed");
+        }
+        self.tidy(notice, outbox).await;
     }
 
     /// Removes a delivered notice from the outbox, and for a deletion, the record that kept
@@ -215,8 +223,10 @@ where
                 }
             };
             match notice {
+                // Still in the outbox though claimed: its sender may have stopped between
+                // claim and send (the records read at start hold every claim).
                 Some(n) if self.lock_delivered().contains(&n.id) => {
-                    let _ = self.cloud.store.delete(&object.key).await;
+                    self.settle_claimed(&n, &object.key).await;
                 }
                 Some(n) => self.send(&n, &object.key).await,
                 None => {

@@ -131,25 +131,32 @@ async fn a_deletion_its_leader_did_not_live_to_see_finish_is_notified_by_the_nex
 
 #[tokio::test]
 async fn a_notice_claimed_by_a_replica_that_died_before_sending_is_counted_not_sent() {
-    let rec = rec();
-    let id = "0123456789abcdef01234567";
-    // Claimed (empty: not marked sent), still in the outbox: its sender died in between.
-    rec.cloud()
-        .store
-        .insert(&format!("flightdeck/notified/{id}"), "");
-    let outbox = format!("flightdeck/outbox/{id}.json");
-    rec.cloud().store.insert(
-        &outbox,
-        serde_json::json!({"id": id, "event": "ready", "user": "alice", "cluster": "x", "stack": "fd-alice-x", "detail": "198.51.100.7"}).to_string(),
-    );
-    rec.resync(false, None).await.unwrap();
-    assert!(rec.cloud().mailer.as_ref().unwrap().subjects().is_empty());
-    assert!(
-        rec.metrics()
-            .render()
-            .contains("flightdeck_notifications_total{event=\"ready\",outcome=\"unconfirmed\"} 1"),
-        "{}",
-        rec.metrics().render()
-    );
-    assert!(rec.cloud().store.text(&outbox).is_none());
+    // Met while sending (the claim is refused), and met by a new leader that read the
+    // claims at takeover (the notice counts as delivered before any send is tried).
+    for read_claims_first in [false, true] {
+        let rec = rec();
+        let id = "0123456789abcdef01234567";
+        // Claimed (empty: not marked sent), still in the outbox: its sender died in between.
+        rec.cloud()
+            .store
+            .insert(&format!("flightdeck/notified/{id}"), "");
+        let outbox = format!("flightdeck/outbox/{id}.json");
+        rec.cloud().store.insert(
+            &outbox,
+            serde_json::json!({"id": id, "event": "ready", "user": "alice", "cluster": "x", "stack": "fd-alice-x", "detail": "198.51.100.7"}).to_string(),
+        );
+        if read_claims_first {
+            rec.load_delivered().await.unwrap();
+        }
+        rec.resync(false, None).await.unwrap();
+        assert!(rec.cloud().mailer.as_ref().unwrap().subjects().is_empty());
+        assert!(
+            rec.metrics().render().contains(
+                "flightdeck_notifications_total{event=\"ready\",outcome=\"unconfirmed\"} 1"
+            ),
+            "read_claims_first={read_claims_first}: {}",
+            rec.metrics().render()
+        );
+        assert!(rec.cloud().store.text(&outbox).is_none());
+    }
 }

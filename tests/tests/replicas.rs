@@ -49,6 +49,14 @@ struct Replica {
     child: Child,
 }
 
+impl Drop for Replica {
+    /// A test that fails leaves no replica running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The replicas running now, every log written, and when each replica was killed.
 struct Fleet {
     site_env: Site,
