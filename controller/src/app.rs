@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::http::{Endpoint, Health, Limits, Listener, Serves, serve};
-use crate::instrument::Instrumented;
+use crate::instrument::{Instrumented, Limiter};
 use crate::leader::{Fence, Fenced, LEASE_OBJECT, elect};
 use crate::metrics::Metrics;
 use crate::ports::{ErrorKind, Instances, Mailer, ObjectStore, StackService};
@@ -35,6 +35,22 @@ pub type AwsReconciler =
 /// The real adapters.
 pub type AwsCloud = Cloud<Guarded<S3Store>, Guarded<CloudFormation>, Guarded<Ec2>, Guarded<Ses>>;
 
+/// What every real adapter is wrapped in: its service's limiter, the metrics, the fence.
+struct Guard {
+    limiter: Arc<Limiter>,
+    metrics: Arc<Metrics>,
+    fence: Arc<Fence>,
+}
+
+impl Guard {
+    fn wrap<T>(self, inner: T) -> Guarded<T> {
+        Fenced::new(
+            Instrumented::new(inner, self.metrics).limited(self.limiter),
+            self.fence,
+        )
+    }
+}
+
 /// The real AWS adapters for `settings`, counting their calls into `metrics`, each
 /// mutating call made only with `fence`'s permit.
 pub async fn aws_cloud(
@@ -49,23 +65,26 @@ pub async fn aws_cloud(
     let conf = load(&aws).await;
     let path_style = aws.s3_path_style();
     let customizer_bucket = settings.enrolment.bucket.clone();
-    let guarded = |inner| Fenced::new(Instrumented::new(inner, metrics.clone()), fence.clone());
+    let rates = &settings.rates;
+    let s3 = Limiter::new("s3", rates.s3, metrics.clone());
+    let guarded = |limiter: &Arc<Limiter>| Guard {
+        limiter: limiter.clone(),
+        metrics: metrics.clone(),
+        fence: fence.clone(),
+    };
     Cloud {
-        store: guarded(S3Store::new(&conf, settings.bucket.clone(), path_style)),
-        customizer: guarded(S3Store::new(&conf, customizer_bucket, path_style)),
-        stacks: Fenced::new(
-            Instrumented::new(CloudFormation::new(&conf), metrics.clone()),
-            fence.clone(),
-        ),
-        instances: Fenced::new(
-            Instrumented::new(Ec2::new(&conf), metrics.clone()),
-            fence.clone(),
-        ),
+        store: guarded(&s3).wrap(S3Store::new(&conf, settings.bucket.clone(), path_style)),
+        customizer: guarded(&s3).wrap(S3Store::new(&conf, customizer_bucket, path_style)),
+        stacks: guarded(&Limiter::new(
+            "cloudformation",
+            rates.cloudformation,
+            metrics.clone(),
+        ))
+        .wrap(CloudFormation::new(&conf)),
+        instances: guarded(&Limiter::new("ec2", rates.ec2, metrics.clone())).wrap(Ec2::new(&conf)),
         mailer: settings.notify.as_ref().map(|n| {
-            Fenced::new(
-                Instrumented::new(Ses::new(&conf, n.from.clone()), metrics.clone()),
-                fence.clone(),
-            )
+            guarded(&Limiter::new("sesv2", rates.sesv2, metrics.clone()))
+                .wrap(Ses::new(&conf, n.from.clone()))
         }),
     }
 }
@@ -229,8 +248,13 @@ pub async fn serve_and_run(
         let (rec, fence, health) = (rec.clone(), fence.clone(), health.clone());
         let key = format!("{}{LEASE_OBJECT}", settings.controller_prefix);
         tokio::spawn(async move {
-            let store = rec.cloud().store.inner();
-            elect(store, &key, &fence, &health, async {
+            // The lease is renewed outside the bucket's token bucket: a backlog of calls
+            // waiting for tokens must never make the leader miss its renew deadline.
+            let store = Instrumented::new(
+                rec.cloud().store.inner().inner().clone(),
+                rec.metrics().clone(),
+            );
+            elect(&store, &key, &fence, &health, async {
                 let _ = released.await;
             })
             .await;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use flightdeck_core::identity::Identity;
 use flightdeck_core::orphan::{OrphanPolicy, OrphanSettings};
 use flightdeck_core::policy::{Policy, parse_duration};
+use flightdeck_core::rate::Rate;
 use serde::Deserialize;
 
 use crate::ports::Template;
@@ -18,8 +19,9 @@ use crate::ports::Template;
 pub const MAX_TEMPLATE_BODY: usize = 51_200;
 
 /// Sections of the file, for the environment overrides.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "bucket",
+    "rate",
     "election",
     "stacks",
     "customizer",
@@ -117,6 +119,8 @@ struct File {
     metrics: MetricsFile,
     #[serde(default)]
     election: ElectionFile,
+    #[serde(default)]
+    rate: RateFile,
     #[serde(default = "default_policy")]
     policy: PathBuf,
 }
@@ -190,6 +194,58 @@ fn default_renew_deadline() -> String {
 }
 fn default_retry_period() -> String {
     "2s".into()
+}
+
+/// Each service's token bucket. client-go's 10 queries a second, bursts of 100, for the
+/// control-plane services; S3, which serves thousands a second per prefix, gets more, so
+/// that a bucket of a million files lists in seconds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateFile {
+    #[serde(default = "default_s3_qps")]
+    s3_qps: f64,
+    #[serde(default = "default_s3_burst")]
+    s3_burst: u32,
+    #[serde(default = "default_qps")]
+    cloudformation_qps: f64,
+    #[serde(default = "default_burst")]
+    cloudformation_burst: u32,
+    #[serde(default = "default_qps")]
+    ec2_qps: f64,
+    #[serde(default = "default_burst")]
+    ec2_burst: u32,
+    #[serde(default = "default_qps")]
+    sesv2_qps: f64,
+    #[serde(default = "default_burst")]
+    sesv2_burst: u32,
+}
+
+impl Default for RateFile {
+    fn default() -> Self {
+        RateFile {
+            s3_qps: default_s3_qps(),
+            s3_burst: default_s3_burst(),
+            cloudformation_qps: default_qps(),
+            cloudformation_burst: default_burst(),
+            ec2_qps: default_qps(),
+            ec2_burst: default_burst(),
+            sesv2_qps: default_qps(),
+            sesv2_burst: default_burst(),
+        }
+    }
+}
+
+fn default_s3_qps() -> f64 {
+    100.0
+}
+fn default_s3_burst() -> u32 {
+    1000
+}
+fn default_qps() -> f64 {
+    10.0
+}
+fn default_burst() -> u32 {
+    100
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -453,6 +509,36 @@ pub struct Election {
     pub identity: String,
 }
 
+/// How fast each AWS service may be called (`[rate]`): one token bucket per service,
+/// shared by every call this replica makes to it but the leader lease's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rates {
+    /// S3.
+    pub s3: Rate,
+    /// CloudFormation.
+    pub cloudformation: Rate,
+    /// EC2.
+    pub ec2: Rate,
+    /// SES.
+    pub sesv2: Rate,
+}
+
+impl Default for Rates {
+    /// `[rate]`'s defaults.
+    fn default() -> Self {
+        let (qps, burst) = (default_qps(), default_burst());
+        Rates {
+            s3: Rate {
+                qps: default_s3_qps(),
+                burst: default_s3_burst(),
+            },
+            cloudformation: Rate { qps, burst },
+            ec2: Rate { qps, burst },
+            sesv2: Rate { qps, burst },
+        }
+    }
+}
+
 /// The validated settings the controller runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -506,6 +592,8 @@ pub struct Settings {
     pub guards: Guards,
     /// Leader election among replicas.
     pub election: Election,
+    /// Each AWS service's token bucket.
+    pub rates: Rates,
 }
 
 /// Bounds that keep a slow pass, one user's files and a wrong clock from doing harm.
@@ -831,6 +919,7 @@ fn validate(
     )?;
     let http = http(file.http, env_token)?;
     let election = election(file.election)?;
+    let rates = rates(&file.rate)?;
     Ok(Settings {
         identity,
         region: file.region.filter(|r| !r.is_empty()),
@@ -864,6 +953,30 @@ fn validate(
         guards,
         policy,
         election,
+        rates,
+    })
+}
+
+fn rates(file: &RateFile) -> Result<Rates, ConfigError> {
+    let rate = |service: &str, qps: f64, burst: u32| {
+        Rate::new(qps, burst).map_err(|reason| {
+            let which = if reason.starts_with("qps") {
+                "qps"
+            } else {
+                "burst"
+            };
+            invalid(&format!("rate.{service}_{which}"), reason)
+        })
+    };
+    Ok(Rates {
+        s3: rate("s3", file.s3_qps, file.s3_burst)?,
+        cloudformation: rate(
+            "cloudformation",
+            file.cloudformation_qps,
+            file.cloudformation_burst,
+        )?,
+        ec2: rate("ec2", file.ec2_qps, file.ec2_burst)?,
+        sesv2: rate("sesv2", file.sesv2_qps, file.sesv2_burst)?,
     })
 }
 
@@ -1029,6 +1142,13 @@ bucket = "cust"
         assert_eq!(s.home_prefix, "home/");
         assert_eq!(s.controller_prefix, "flightdeck/");
         assert_eq!(s.resync_interval, Duration::from_secs(60));
+        assert_eq!(s.rates, Rates::default());
+        assert_eq!(
+            (s.rates.cloudformation.qps, s.rates.cloudformation.burst),
+            (10.0, 100),
+            "client-go's"
+        );
+        assert_eq!((s.rates.s3.qps, s.rates.s3.burst), (100.0, 1000));
         assert_eq!(s.orphans.grace, Duration::from_secs(600));
         assert_eq!(s.orphans.max_deletes, 5);
         assert_eq!(s.orphans.policy, OrphanPolicy::Delete);
@@ -1134,6 +1254,12 @@ bucket = "cust"
                 ("FLIGHTDECK_RECONCILE_MAX_CLOCK_SKEW", "a while"),
                 "reconcile.max_clock_skew",
             ),
+            (
+                "",
+                ("FLIGHTDECK_RATE_CLOUDFORMATION_QPS", "0"),
+                "rate.cloudformation_qps",
+            ),
+            ("", ("FLIGHTDECK_RATE_S3_BURST", "0"), "rate.s3_burst"),
             ("", ("FLIGHTDECK_INSTANCE", "two words"), "instance"),
             ("", ("FLIGHTDECK_STACKS_PREFIX", "9x"), "stacks.prefix"),
             (

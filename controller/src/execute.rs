@@ -36,11 +36,24 @@ where
 {
     /// Runs `actions` for `key` in order; the first error stops the rest (they are planned
     /// again on the next look) and is returned in the outcome for a backoff requeue.
-    pub(crate) async fn execute(&self, key: &ClusterKey, actions: Vec<Action>) -> KeyOutcome {
+    ///
+    /// `changing` is the status of the cluster's stack when it is in progress. A look
+    /// again soon that waits only on the stack (the one it was in, or the one a create,
+    /// update or delete started) says so in the outcome's `waits_on`: the stack listings
+    /// watch it. One that waits on something else (instances shutting down, a refusal) is
+    /// timed.
+    pub(crate) async fn execute(
+        &self,
+        key: &ClusterKey,
+        actions: Vec<Action>,
+        changing: Option<&str>,
+    ) -> KeyOutcome {
         let mut outcome = KeyOutcome {
             soon: actions.contains(&Action::LookAgainSoon),
             ..KeyOutcome::default()
         };
+        let mut waits_on = changing.map(str::to_owned);
+        let mut timed = false;
         for action in &actions {
             let result = match action {
                 Action::CreateStack(spec) => self.create(key, spec).await,
@@ -83,9 +96,22 @@ where
                     if !matches!(action, Action::Put { .. } | Action::Remove { .. }) {
                         self.metrics.action(kind, "ok");
                     }
+                    let started = match action {
+                        Action::CreateStack(_) => Some("CREATE_IN_PROGRESS"),
+                        Action::UpdateStack(_) => Some("UPDATE_IN_PROGRESS"),
+                        Action::DeleteStack { .. } => Some("DELETE_IN_PROGRESS"),
+                        _ => None,
+                    };
+                    if let Some(status) = started {
+                        waits_on = Some(status.to_owned());
+                    }
                 }
-                Ok(Flow::Later) => outcome.soon = true,
+                Ok(Flow::Later) => {
+                    outcome.soon = true;
+                    timed = true;
+                }
                 Ok(Flow::Replan) => {
+                    timed = true;
                     // The request was refused by a call: the rest of this plan assumed it was
                     // not. The next look plans again and reports the refusal.
                     self.metrics.action(kind, "refused");
@@ -99,6 +125,9 @@ where
                     break;
                 }
             }
+        }
+        if outcome.soon && !timed && outcome.error.is_none() {
+            outcome.waits_on = waits_on;
         }
         outcome.actions = actions;
         outcome

@@ -15,8 +15,8 @@ use flightdeck_core::snapshot::ObjectMeta;
 use flightdeck_core::stack::StackView;
 
 use crate::ports::{
-    CallError, ErrorKind, Fetched, Instances, Mailer, ObjectStore, Read, StackService, Template,
-    UpdateOutcome,
+    CallError, ErrorKind, Fetched, Instances, Mailer, ObjectStore, Page, Read, StackService,
+    Template, UpdateOutcome,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -184,21 +184,36 @@ impl FakeStore {
 }
 
 impl ObjectStore for FakeStore {
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, CallError> {
+    async fn list_page(
+        &self,
+        prefix: &str,
+        next: Option<&str>,
+    ) -> Result<Page<ObjectMeta>, CallError> {
         self.record("ListObjectsV2", prefix)?;
         if lock(&self.hung).contains(prefix) {
             tokio::time::sleep(std::time::Duration::from_secs(24 * 3600)).await;
         }
-        Ok(lock(&self.objects)
-            .range(prefix.to_owned()..)
+        let objects = lock(&self.objects);
+        let from = match next {
+            Some(after) => std::ops::Bound::Excluded(after.to_owned()),
+            None => std::ops::Bound::Included(prefix.to_owned()),
+        };
+        let mut items: Vec<ObjectMeta> = objects
+            .range((from, std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
+            .take(OBJECTS_PAGE + 1)
             .map(|(k, (body, t))| ObjectMeta {
                 key: k.clone(),
                 etag: format!("\"{}\"", self.etag_of(body)),
                 modified: *t,
                 size: body.len() as u64,
             })
-            .collect())
+            .collect();
+        let next = (items.len() > OBJECTS_PAGE).then(|| {
+            items.truncate(OBJECTS_PAGE);
+            items[OBJECTS_PAGE - 1].key.clone()
+        });
+        Ok(Page { items, next })
     }
 
     async fn any_under(&self, prefix: &str) -> Result<bool, CallError> {
@@ -296,6 +311,12 @@ impl ObjectStore for FakeStore {
     }
 }
 
+/// Objects a page of the fake bucket's listing holds, as on S3.
+pub const OBJECTS_PAGE: usize = 1000;
+
+/// Stacks a page of the fake CloudFormation's listing holds.
+pub const STACKS_PAGE: usize = 100;
+
 /// In-memory CloudFormation. New stacks take `create_status` (CREATE_COMPLETE unless set)
 /// and get a `LoginIp` output; deletes take `delete_status` (gone unless set).
 pub struct FakeStacks {
@@ -357,6 +378,11 @@ impl FakeStacks {
         lock(&self.calls).clone()
     }
 
+    /// Forgets the calls made so far.
+    pub fn clear_calls(&self) {
+        lock(&self.calls).clear();
+    }
+
     /// The mutating calls made (create, update, delete).
     pub fn mutations(&self) -> Vec<String> {
         self.calls()
@@ -395,9 +421,23 @@ impl FakeStacks {
 }
 
 impl StackService for FakeStacks {
-    async fn list(&self) -> Result<Vec<StackView>, CallError> {
+    async fn list_page(&self, next: Option<&str>) -> Result<Page<StackView>, CallError> {
         self.record("DescribeStacks", "*")?;
-        Ok(lock(&self.stacks).values().cloned().collect())
+        let stacks = lock(&self.stacks);
+        let from = match next {
+            Some(after) => std::ops::Bound::Excluded(after.to_owned()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut items: Vec<StackView> = stacks
+            .range((from, std::ops::Bound::Unbounded))
+            .take(STACKS_PAGE + 1)
+            .map(|(_, s)| s.clone())
+            .collect();
+        let next = (items.len() > STACKS_PAGE).then(|| {
+            items.truncate(STACKS_PAGE);
+            items[STACKS_PAGE - 1].name.clone()
+        });
+        Ok(Page { items, next })
     }
 
     async fn describe(&self, name_or_id: &str) -> Result<Option<StackView>, CallError> {

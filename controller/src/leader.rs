@@ -28,8 +28,8 @@ use tracing::{debug, info, warn};
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::ports::{
-    CallError, ErrorKind, Fetched, Instances, Mailer, ObjectStore, Read, StackService, Template,
-    UpdateOutcome,
+    CallError, ErrorKind, Fetched, Instances, Mailer, ObjectStore, Page, Read, StackService,
+    Template, UpdateOutcome,
 };
 
 /// The lease object's name under the controller prefix.
@@ -470,8 +470,12 @@ impl<T> Fenced<T> {
 }
 
 impl<T: ObjectStore> ObjectStore for Fenced<T> {
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, CallError> {
-        self.inner.list(prefix).await
+    async fn list_page(
+        &self,
+        prefix: &str,
+        next: Option<&str>,
+    ) -> Result<Page<ObjectMeta>, CallError> {
+        self.inner.list_page(prefix, next).await
     }
     async fn any_under(&self, prefix: &str) -> Result<bool, CallError> {
         self.inner.any_under(prefix).await
@@ -513,8 +517,8 @@ impl<T: ObjectStore> ObjectStore for Fenced<T> {
 }
 
 impl<T: StackService> StackService for Fenced<T> {
-    async fn list(&self) -> Result<Vec<StackView>, CallError> {
-        self.inner.list().await
+    async fn list_page(&self, next: Option<&str>) -> Result<Page<StackView>, CallError> {
+        self.inner.list_page(next).await
     }
     async fn describe(&self, name_or_id: &str) -> Result<Option<StackView>, CallError> {
         self.inner.describe(name_or_id).await

@@ -41,9 +41,13 @@ impl Link {
 }
 
 impl ObjectStore for Link {
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, CallError> {
+    async fn list_page(
+        &self,
+        prefix: &str,
+        next: Option<&str>,
+    ) -> Result<Page<ObjectMeta>, CallError> {
         self.check()?;
-        self.store.list(prefix).await
+        self.store.list_page(prefix, next).await
     }
     async fn any_under(&self, prefix: &str) -> Result<bool, CallError> {
         self.check()?;

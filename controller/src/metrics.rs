@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use flightdeck_core::key::ClusterKey;
 use flightdeck_core::report::Phase;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tracing::{error, info, warn};
 
@@ -140,6 +140,10 @@ pub struct Metrics {
     leader_changes: IntCounterVec,
     lease_writes: IntCounterVec,
     fenced: IntCounterVec,
+    watched: IntGauge,
+    stack_polls: IntCounterVec,
+    rate_waits: IntCounterVec,
+    rate_wait_seconds: CounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -341,6 +345,35 @@ impl Metrics {
                 "Mutating calls not made (not_leader) or abandoned (cut_off) because this replica did not hold the lease with time to spare.",
                 &["reason"],
             ),
+            watched: gauge(
+                &r,
+                "flightdeck_clusters_watched",
+                "Clusters waiting for their stack to change, watched with one listing of the stacks per busy interval.",
+            ),
+            stack_polls: counter_vec(
+                &r,
+                "flightdeck_stack_polls_total",
+                "Listings of the stacks made for the watched clusters (not for a full pass), by outcome (changed: some were queued, unchanged, error).",
+                &["outcome"],
+            ),
+            rate_waits: counter_vec(
+                &r,
+                "flightdeck_aws_rate_limited_total",
+                "AWS calls that waited for their service's token bucket (aws.<service>.qps and burst), by service.",
+                &["service"],
+            ),
+            rate_wait_seconds: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "flightdeck_aws_rate_wait_seconds_total",
+                        "Seconds AWS calls waited for their service's token bucket, by service.",
+                    ),
+                    &["service"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             registry: r,
         };
         for phase in PHASES {
@@ -387,6 +420,13 @@ impl Metrics {
         }
         for reason in ["not_leader", "cut_off"] {
             m.fenced.with_label_values(&[reason]);
+        }
+        for outcome in ["changed", "unchanged", "error"] {
+            m.stack_polls.with_label_values(&[outcome]);
+        }
+        for service in ["s3", "cloudformation", "ec2", "sesv2"] {
+            m.rate_waits.with_label_values(&[service]);
+            m.rate_wait_seconds.with_label_values(&[service]);
         }
         // The main listener always exists; the metrics listener only when configured.
         m.http_open.with_label_values(&["main"]).set(0);
@@ -476,6 +516,7 @@ impl Metrics {
         self.expiries_held_back(0, None);
         self.foreign_objects.set(0);
         self.queue_depth.set(0);
+        self.watched.set(0);
     }
 
     /// A full resync could not list.
@@ -554,6 +595,32 @@ impl Metrics {
             reason, "request file not read: explained next to it"
         );
         self.refused.with_label_values(&[reason]).inc();
+    }
+
+    /// The stacks were listed for the watched clusters: `watched` are left waiting, and
+    /// `changed` were queued to be looked at.
+    pub fn stacks_polled(&self, watched: usize, changed: usize) {
+        self.watched.set(i64::try_from(watched).unwrap_or(i64::MAX));
+        let outcome = if changed > 0 { "changed" } else { "unchanged" };
+        self.stack_polls.with_label_values(&[outcome]).inc();
+    }
+
+    /// Listing the stacks for the watched clusters failed.
+    pub fn stack_poll_failed(&self) {
+        self.stack_polls.with_label_values(&["error"]).inc();
+    }
+
+    /// How many clusters are watched.
+    pub fn watched(&self, watched: usize) {
+        self.watched.set(i64::try_from(watched).unwrap_or(i64::MAX));
+    }
+
+    /// A call to `service` waited `wait` for a token.
+    pub fn rate_limited(&self, service: &str, wait: Duration) {
+        self.rate_waits.with_label_values(&[service]).inc();
+        self.rate_wait_seconds
+            .with_label_values(&[service])
+            .inc_by(wait.as_secs_f64());
     }
 
     /// The work queue's depth.

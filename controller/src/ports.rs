@@ -93,15 +93,48 @@ pub enum Read {
     Body(Fetched),
 }
 
+/// One page of a listing, and where the next one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// What this page holds.
+    pub items: Vec<T>,
+    /// The token that asks for the next page; `None` on the last.
+    pub next: Option<String>,
+}
+
 /// One S3 bucket.
 ///
-/// Contract: `list` returns every object under the prefix across all pages, or an error
-/// (never a partial listing presented as complete). `put` overwrites; `delete` of a
+/// Contract: `list_page` returns one page of the objects under the prefix (ListObjectsV2:
+/// at most 1,000), and `list` every page, or an error (never a partial listing presented as
+/// complete). `put` overwrites; `delete` of a
 /// missing key succeeds. All calls may be repeated safely.
 pub trait ObjectStore: Send + Sync {
-    /// Every object under `prefix` (ListObjectsV2, all pages).
-    fn list(&self, prefix: &str)
-    -> impl Future<Output = Result<Vec<ObjectMeta>, CallError>> + Send;
+    /// One page of the objects under `prefix` (one ListObjectsV2 call), from the start or
+    /// from the `next` token of the page before.
+    fn list_page(
+        &self,
+        prefix: &str,
+        next: Option<&str>,
+    ) -> impl Future<Output = Result<Page<ObjectMeta>, CallError>> + Send;
+    /// Every object under `prefix`, all pages: for the small prefixes of one cluster or of
+    /// flightdeck's own records. The home prefix is read page by page instead.
+    fn list(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<ObjectMeta>, CallError>> + Send {
+        async move {
+            let mut objects = Vec::new();
+            let mut next = None;
+            loop {
+                let page = self.list_page(prefix, next.as_deref()).await?;
+                objects.extend(page.items);
+                match page.next {
+                    Some(token) => next = Some(token),
+                    None => return Ok(objects),
+                }
+            }
+        }
+    }
     /// Whether at least one object exists under `prefix` (one call, at most one key).
     fn any_under(&self, prefix: &str) -> impl Future<Output = Result<bool, CallError>> + Send;
     /// The object, or `None` when it does not exist. For flightdeck's own objects only:
@@ -172,8 +205,27 @@ pub enum UpdateOutcome {
 /// a deleted stack succeeds. Stacks are returned without `login_ip` and `failure_reason`,
 /// which the reconciler fills in.
 pub trait StackService: Send + Sync {
-    /// Every stack that is not deleted (DescribeStacks, all pages).
-    fn list(&self) -> impl Future<Output = Result<Vec<StackView>, CallError>> + Send;
+    /// One page of the stacks that are not deleted (one DescribeStacks call), from the
+    /// start or from the `next` token of the page before.
+    fn list_page(
+        &self,
+        next: Option<&str>,
+    ) -> impl Future<Output = Result<Page<StackView>, CallError>> + Send;
+    /// Every stack that is not deleted, all pages.
+    fn list(&self) -> impl Future<Output = Result<Vec<StackView>, CallError>> + Send {
+        async move {
+            let mut stacks = Vec::new();
+            let mut next = None;
+            loop {
+                let page = self.list_page(next.as_deref()).await?;
+                stacks.extend(page.items);
+                match page.next {
+                    Some(token) => next = Some(token),
+                    None => return Ok(stacks),
+                }
+            }
+        }
+    }
     /// One stack by name or id; `None` when it does not exist or is deleted.
     fn describe(
         &self,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use flightdeck_core::admission::{
     ExpiryHold, admit, cost_of, hold_expiries, lifetime_end, lifetime_of, policy_lifetime,
 };
+use flightdeck_core::adopt::OlderNames;
 use flightdeck_core::identity::TAG_USER;
 use flightdeck_core::key::{ClusterKey, Suffix};
 use flightdeck_core::money::Dollars;
@@ -20,6 +21,7 @@ use flightdeck_core::report::Phase;
 use flightdeck_core::request::{MAX_REQUEST_BYTES, RequestError, RequestRules, parse_request};
 use flightdeck_core::snapshot::{ClusterFiles, Snapshot};
 use flightdeck_core::stack::{StackPhase, StackView};
+use flightdeck_core::watch::{Watch, in_progress};
 use futures::StreamExt;
 use tracing::warn;
 
@@ -60,6 +62,9 @@ pub struct KeyOutcome {
     pub max_nodes: Option<i64>,
     /// Not looked at: its user's work for this pass was spent (the next pass goes on).
     pub deferred: bool,
+    /// The status its stack was seen in, when it waits for that stack to change by itself:
+    /// it is watched by the stack listings rather than looked at alone.
+    pub waits_on: Option<String>,
 }
 
 /// How one cluster is looked at: what the full pass decided for it, if anything.
@@ -158,7 +163,13 @@ pub struct Reconciler<S, C, E, M> {
     pub(crate) notice_budgets: Mutex<HashMap<String, (f64, Instant)>>,
     details: Mutex<HashMap<DetailsKey, StackDetails>>,
     orphans: Mutex<OrphanTracker>,
+    /// Clusters waiting for their stack to change, polled with one listing of the stacks.
+    watch: Mutex<Watch>,
+    /// Which clusters a single-key look also describes by the older design's name.
+    older_names: Mutex<OlderNames>,
     started: Instant,
+    /// The start of the watch's clock (tokio's, so tests can pause it).
+    epoch: tokio::time::Instant,
 }
 
 impl<S, C, E, M> Reconciler<S, C, E, M>
@@ -196,7 +207,10 @@ where
             written: Mutex::default(),
             details: Mutex::default(),
             orphans: Mutex::default(),
+            watch: Mutex::default(),
+            older_names: Mutex::default(),
             started: Instant::now(),
+            epoch: tokio::time::Instant::now(),
         }
     }
 
@@ -233,6 +247,7 @@ where
             ledger_seq: _,
             user_locks: _,
             started: _,
+            epoch: _,
             delivered,
             usage,
             outbox_pending,
@@ -246,6 +261,8 @@ where
             notice_budgets,
             details,
             orphans,
+            watch,
+            older_names,
         } = self;
         fn reset<T: Default>(m: &Mutex<T>) {
             *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = T::default();
@@ -261,6 +278,8 @@ where
         reset(notice_budgets);
         reset(details);
         reset(orphans);
+        reset(watch);
+        reset(older_names);
         outbox_pending.store(true, std::sync::atomic::Ordering::SeqCst);
         usage_known.store(false, std::sync::atomic::Ordering::SeqCst);
     }
@@ -290,13 +309,8 @@ where
         queue: Option<&WorkQueue>,
     ) -> Result<PassReport, CallError> {
         let start = Instant::now();
-        let listings = async {
-            let objects = self.cloud.store.list(&self.settings.home_prefix).await?;
-            let stacks = self.cloud.stacks.list().await?;
-            Ok::<_, CallError>((objects, stacks))
-        };
-        let (objects, stacks) = match listings.await {
-            Ok(l) => l,
+        let snap = match self.list_everything().await {
+            Ok(snap) => snap,
             Err(e) => {
                 self.lock_orphans().judge(
                     self.started.elapsed(),
@@ -307,12 +321,6 @@ where
                 return Err(e);
             }
         };
-        let snap = Snapshot::build(
-            &self.settings.home_prefix,
-            &self.settings.identity,
-            objects,
-            stacks,
-        );
         self.report_foreign_folders(&snap);
         for d in &snap.duplicates {
             warn!(stack = %d.name, "a second stack of ours claims the same cluster; it is left alone");
@@ -436,6 +444,80 @@ where
         Ok(report)
     }
 
+    /// The home prefix and the stacks, listed page by page into one snapshot: each page is
+    /// sorted as it comes and users' own files are dropped with it, so a bucket of a
+    /// million data files costs its list calls, not its size in memory.
+    async fn list_everything(&self) -> Result<Snapshot, CallError> {
+        let mut snap = Snapshot::default();
+        let home = &self.settings.home_prefix;
+        let mut next = None;
+        loop {
+            let page = self.cloud.store.list_page(home, next.as_deref()).await?;
+            snap.add_objects(home, page.items);
+            match page.next {
+                Some(token) => next = Some(token),
+                None => break,
+            }
+        }
+        let mut next = None;
+        loop {
+            let page = self.cloud.stacks.list_page(next.as_deref()).await?;
+            snap.add_stacks(&self.settings.identity, page.items);
+            match page.next {
+                Some(token) => next = Some(token),
+                None => break,
+            }
+        }
+        let now = self.epoch.elapsed();
+        lock(&self.watch).listed_for_pass(now);
+        *lock(&self.older_names) = OlderNames::of(
+            &self.settings.identity,
+            &snap.stacks,
+            !snap.unmanaged.is_empty(),
+        );
+        Ok(snap)
+    }
+
+    /// Whether clusters wait for their stack to change.
+    pub fn watching(&self) -> usize {
+        lock(&self.watch).len()
+    }
+
+    /// How long until the watched stacks are due to be listed again; `None` while nothing
+    /// is watched.
+    pub fn poll_due_in(&self) -> Option<Duration> {
+        lock(&self.watch).due_in(self.settings.busy_interval, self.epoch.elapsed())
+    }
+
+    /// Lists every stack (its pages only) and returns the watched clusters whose stack
+    /// changed or is gone: each is to be looked at again, with what the listing showed.
+    ///
+    /// # Errors
+    /// The listing call that failed; the watch is kept, to be polled again.
+    pub async fn poll_stacks(&self) -> Result<Vec<ClusterKey>, CallError> {
+        let mut snap = Snapshot::default();
+        let mut next = None;
+        loop {
+            let page = self.cloud.stacks.list_page(next.as_deref()).await?;
+            snap.add_stacks(&self.settings.identity, page.items);
+            match page.next {
+                Some(token) => next = Some(token),
+                None => break,
+            }
+        }
+        Ok(lock(&self.watch).listed(&snap.stacks, self.epoch.elapsed()))
+    }
+
+    /// After a look at `key`: watches it while it waits on its stack, else stops watching.
+    pub fn watch_or_forget(&self, key: &ClusterKey, outcome: &KeyOutcome) {
+        let mut watch = lock(&self.watch);
+        match &outcome.waits_on {
+            Some(status) if outcome.error.is_none() => watch.watch(key, status),
+            _ => watch.unwatch(key),
+        }
+        self.metrics.watched(watch.len());
+    }
+
     /// Looks at one cluster only: its objects (one listing of its prefix) and its stack
     /// (one describe by name). Never deletes an orphan: only a full resync may.
     ///
@@ -446,11 +528,20 @@ where
     pub async fn reconcile_key(&self, key: &ClusterKey) -> KeyOutcome {
         let prefix = key.object_prefix(&self.settings.home_prefix);
         let name = self.settings.identity.stack_name(key);
+        let seen =
+            lock(&self.watch).take_seen(key, self.settings.busy_interval, self.epoch.elapsed());
         let observed = async {
             let objects = self.cloud.store.list(&prefix).await?;
-            let stack = match self.cloud.stacks.describe(&name).await? {
-                Some(s) => Some(s),
-                None => self.cloud.stacks.describe(&key.cluster).await?,
+            // A stack the listing no longer showed is described: gone, or not listed yet.
+            let stack = match seen.flatten() {
+                Some(listed) => Some(listed),
+                None => match self.cloud.stacks.describe(&name).await? {
+                    Some(s) => Some(s),
+                    None if lock(&self.older_names).includes(key) => {
+                        self.cloud.stacks.describe(&key.cluster).await?
+                    }
+                    None => None,
+                },
             };
             Ok::<_, CallError>((objects, stack))
         };
@@ -536,7 +627,12 @@ where
                 ..KeyOutcome::default()
             });
         }
-        let outcome = self.execute(key, planned.actions.clone()).await;
+        let changing = observed
+            .stack
+            .as_ref()
+            .map(|s| s.status.as_str())
+            .filter(|status| in_progress(status));
+        let outcome = self.execute(key, planned.actions.clone(), changing).await;
         self.flush_ledger().await;
         costs(outcome)
     }
@@ -1101,6 +1197,10 @@ fn summarize(report: &PassReport, orphans_pending: usize, per_user: bool) -> Pas
     summary
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 #[path = "reconcile_tests.rs"]
 pub(crate) mod tests;
@@ -1112,3 +1212,7 @@ mod hardening_tests;
 #[cfg(test)]
 #[path = "takeover_tests.rs"]
 mod takeover_tests;
+
+#[cfg(test)]
+#[path = "scale_tests.rs"]
+mod scale_tests;

@@ -81,6 +81,7 @@ pub(crate) fn settings(grace: Duration, max_deletes: usize) -> Settings {
             timing: flightdeck_core::lease::Timing::default(),
             identity: "test".into(),
         },
+        rates: crate::config::Rates::default(),
     }
 }
 
@@ -396,7 +397,7 @@ async fn the_executor_rechecks_tags_before_deleting() {
         orphan: false,
     };
     let outcome = rec
-        .execute(&ClusterKey::new("bob", "x").unwrap(), vec![action])
+        .execute(&ClusterKey::new("bob", "x").unwrap(), vec![action], None)
         .await;
     assert!(outcome.error.is_none());
     assert!(
@@ -775,7 +776,7 @@ async fn no_instance_of_a_stack_that_is_not_ours_is_looked_up_or_terminated() {
         token: "t".into(),
         orphan: false,
     };
-    let outcome = rec.execute(&bob, vec![action]).await;
+    let outcome = rec.execute(&bob, vec![action], None).await;
     assert!(outcome.error.is_none());
 
     // Another install's stack, with a .cf-delete.

@@ -15,20 +15,60 @@ use crate::queue::WorkQueue;
 use crate::reconcile::{KeyOutcome, PassReport, Reconciler};
 
 /// Puts a cluster back in the queue as its outcome asks: after an error with backoff (at
-/// most `cap`); while something is in progress after `soon`; otherwise not at all.
-pub fn requeue(
+/// most the resync interval); while its stack is changing, on the watch, which the stack
+/// listings poll; while it waits on something else, after the busy interval; otherwise
+/// not at all.
+pub fn requeue<S, C, E, M>(
+    rec: &Reconciler<S, C, E, M>,
     queue: &WorkQueue,
     key: &ClusterKey,
     outcome: &KeyOutcome,
-    soon: Duration,
-    cap: Duration,
-) {
+) where
+    S: ObjectStore,
+    C: StackService,
+    E: Instances,
+    M: Mailer,
+{
+    let settings = rec.settings();
+    rec.watch_or_forget(key, outcome);
     if outcome.error.is_some() {
-        queue.add_rate_limited(key, cap);
+        queue.add_rate_limited(key, settings.resync_interval);
     } else {
         queue.forget(key);
-        if outcome.soon {
-            queue.add_after(key, soon);
+        if outcome.soon && outcome.waits_on.is_none() {
+            queue.add_after(key, settings.busy_interval);
+        }
+    }
+}
+
+/// Every busy interval while clusters wait for their stack to change: one listing of the
+/// stacks, and the clusters whose stack changed queued to be looked at. A full pass lists
+/// the stacks too, and puts the next poll off.
+async fn poll<S, C, E, M>(rec: &Reconciler<S, C, E, M>, queue: &WorkQueue)
+where
+    S: ObjectStore,
+    C: StackService,
+    E: Instances,
+    M: Mailer,
+{
+    let idle = rec.settings().busy_interval;
+    loop {
+        match rec.poll_due_in() {
+            None => tokio::time::sleep(idle.min(Duration::from_secs(1))).await,
+            Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+            Some(_) => match rec.poll_stacks().await {
+                Ok(changed) => {
+                    for key in &changed {
+                        queue.add(key);
+                    }
+                    rec.metrics().stacks_polled(rec.watching(), changed.len());
+                }
+                Err(e) => {
+                    rec.metrics().stack_poll_failed();
+                    warn!(error = %e, "could not list the stacks of the clusters in progress; trying again");
+                    tokio::time::sleep(idle).await;
+                }
+            },
         }
     }
 }
@@ -121,7 +161,6 @@ where
     M: Mailer + 'static,
 {
     let settings = rec.settings();
-    let (soon, cap) = (settings.busy_interval, settings.resync_interval);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..settings.concurrency {
         let (rec, queue) = (rec.clone(), queue.clone());
@@ -129,10 +168,14 @@ where
             while let Some(key) = queue.get().await {
                 let outcome = rec.reconcile_key(&key).await;
                 queue.done(&key);
-                requeue(&queue, &key, &outcome, soon, cap);
+                requeue(&rec, &queue, &key, &outcome);
             }
         });
     }
+    let poller = {
+        let (rec, queue) = (rec.clone(), queue.clone());
+        tokio::spawn(async move { poll(&rec, &queue).await })
+    };
     tokio::pin!(lost);
     let stop = loop {
         // A shutdown or a lost lease cuts a long pass short between calls: every action is
@@ -147,7 +190,7 @@ where
             log_pass(&report);
             health.resynced();
             for (key, outcome) in &report.outcomes {
-                requeue(queue, key, outcome, soon, cap);
+                requeue(rec, queue, key, outcome);
             }
         }
         tokio::select! {
@@ -156,6 +199,7 @@ where
             () = &mut lost => break Stop::Lost,
         }
     };
+    poller.abort();
     match stop {
         Stop::Shutdown => {
             info!("shutting down: finishing the clusters in hand");

@@ -82,6 +82,7 @@ fn reconciler() -> Rec {
             timing: flightdeck_core::lease::Timing::default(),
             identity: "bench".into(),
         },
+        rates: flightdeck::config::Rates::default(),
         lifetime_warning: Duration::from_secs(3600),
         policy: flightdeck_core::policy::Policy::parse(
             "version = 1\n[limits]\nrequire_enrolment = false\n[parameters.ComputeMaxNodes]\nupdatable = true\n[parameters.ComputeInstanceType]\n[parameters.MasterInstanceType]\n",

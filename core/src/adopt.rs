@@ -40,6 +40,50 @@ pub fn seed_key(stack: &StackView) -> Option<ClusterKey> {
     ClusterKey::new(user, &stack.name).ok()
 }
 
+/// Which clusters a look at one cluster alone must also describe by the older design's
+/// stack name, `<cluster>`, as the last full pass saw them. A stack is ours by its tags,
+/// whatever its name, so a look that describes only flightdeck's name would miss an
+/// adopted stack (and create a second one) or one not yet adopted. Once every stack of the
+/// older design is adopted or gone, only the adopted clusters cost the second call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum OlderNames {
+    /// Every cluster: no full pass has been seen yet, or the last one found stacks of the
+    /// older design that are not adopted (while it runs, it may make more).
+    #[default]
+    All,
+    /// Only these clusters, whose stack of ours has another name than flightdeck's.
+    Only(BTreeSet<ClusterKey>),
+}
+
+impl OlderNames {
+    /// What a full pass's stacks say: its stacks of ours by cluster, and whether it found
+    /// any stack of the older design that no install manages.
+    pub fn of(
+        identity: &Identity,
+        stacks: &BTreeMap<ClusterKey, StackView>,
+        unmanaged_found: bool,
+    ) -> OlderNames {
+        if unmanaged_found {
+            return OlderNames::All;
+        }
+        OlderNames::Only(
+            stacks
+                .iter()
+                .filter(|(key, stack)| stack.name != identity.stack_name(key))
+                .map(|(key, _)| key.clone())
+                .collect(),
+        )
+    }
+
+    /// Whether a look at `key` must also describe `<cluster>`.
+    pub fn includes(&self, key: &ClusterKey) -> bool {
+        match self {
+            OlderNames::All => true,
+            OlderNames::Only(keys) => keys.contains(key),
+        }
+    }
+}
+
 /// The cluster of a live stack of the older design that no flightdeck install manages (it
 /// has no `flightdeck:owner` tag): such a stack is never touched, and a request for its
 /// cluster is answered by saying so.
@@ -422,6 +466,33 @@ mod tests {
         });
         assert!(
             matches!(judged(&bad_value), Err(Skip::Request(m)) if m.contains("AutoscalingPolicy"))
+        );
+    }
+
+    #[test]
+    fn the_older_name_is_described_for_adopted_clusters_and_for_all_while_any_is_unadopted() {
+        let ours = |name: &str, cluster: &str| {
+            let key = ClusterKey::new("alice", cluster).unwrap();
+            let stack = StackView {
+                name: name.into(),
+                ..StackView::default()
+            };
+            (key, stack)
+        };
+        let stacks = BTreeMap::from([ours("fd-alice-new", "new"), ours("old", "old")]);
+        let (new, old) = (
+            ClusterKey::new("alice", "new").unwrap(),
+            ClusterKey::new("alice", "old").unwrap(),
+        );
+        let settled = OlderNames::of(&id(), &stacks, false);
+        assert!(settled.includes(&old), "adopted: it keeps the name old");
+        assert!(!settled.includes(&new));
+        assert!(!settled.includes(&ClusterKey::new("bob", "x").unwrap()));
+        let migrating = OlderNames::of(&id(), &stacks, true);
+        assert!(migrating.includes(&new) && migrating.includes(&old));
+        assert!(
+            OlderNames::default().includes(&new),
+            "before the first pass"
         );
     }
 

@@ -16,6 +16,8 @@
 //! - [`plan`]: the reconcile table, `plan(observed) -> actions`.
 //! - [`lease`]: leader election on one S3 object, and when the leader may act.
 //! - [`adopt`]: the older design's stacks, and taking them over.
+//! - [`rate`]: a token bucket that keeps calls to a service under a rate.
+//! - [`watch`]: stacks in progress, watched with one listing per busy interval.
 
 pub mod admission;
 pub mod adopt;
@@ -28,8 +30,10 @@ pub mod nodes;
 pub mod orphan;
 pub mod plan;
 pub mod policy;
+pub mod rate;
 pub mod report;
 pub mod request;
 pub mod requeue;
 pub mod snapshot;
 pub mod stack;
+pub mod watch;

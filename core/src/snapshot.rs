@@ -56,10 +56,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Groups a listing of objects and a listing of stacks. A stack is ours by its tags
-    /// alone, whatever its name (an adopted stack keeps the older design's). Stacks without
-    /// our owner tag, or whose `USER`/`flightdeck:cluster` tags are not valid names, are
-    /// left out, but for the older design's, noted as unmanaged.
+    /// Groups a listing of objects and a listing of stacks: [`Snapshot::add_objects`] then
+    /// [`Snapshot::add_stacks`] on an empty snapshot.
     pub fn build(
         home_prefix: &str,
         identity: &Identity,
@@ -67,10 +65,24 @@ impl Snapshot {
         stacks: impl IntoIterator<Item = StackView>,
     ) -> Snapshot {
         let mut snap = Snapshot::default();
+        snap.add_objects(home_prefix, objects);
+        snap.add_stacks(identity, stacks);
+        snap
+    }
+
+    /// Adds one page of a listing of the home prefix. Only what the reconciler acts on is
+    /// kept (contract files, markers, mistaken keys and their reports, a count per foreign
+    /// folder): users' own files are dropped as they pass, so memory grows with the
+    /// clusters, not with the bucket.
+    pub fn add_objects(
+        &mut self,
+        home_prefix: &str,
+        objects: impl IntoIterator<Item = ObjectMeta>,
+    ) {
         for object in objects {
             match classify(home_prefix, &object.key) {
                 KeyKind::Cluster { key, suffix } => {
-                    let files = snap.files.entry(key).or_default();
+                    let files = self.files.entry(key).or_default();
                     match suffix {
                         Suffix::Create => files.create = Some(object),
                         Suffix::Delete => files.delete = true,
@@ -80,10 +92,10 @@ impl Snapshot {
                     }
                 }
                 KeyKind::Mistaken { mistake, .. } => {
-                    snap.mistaken.insert(object.key, mistake);
+                    self.mistaken.insert(object.key, mistake);
                 }
                 KeyKind::MistakeReport { .. } => {
-                    snap.reports.insert(object.key, object.etag);
+                    self.reports.insert(object.key, object.etag);
                 }
                 KeyKind::Other => {
                     if let Some((folder, _)) = object
@@ -92,25 +104,37 @@ impl Snapshot {
                         .and_then(|rest| rest.split_once('/'))
                         && check_user_name(folder).is_err()
                     {
-                        *snap.foreign_folders.entry(folder.to_owned()).or_default() += 1;
+                        match self.foreign_folders.get_mut(folder) {
+                            Some(n) => *n += 1,
+                            None => {
+                                self.foreign_folders.insert(folder.to_owned(), 1);
+                            }
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Adds one page of a listing of stacks. A stack is ours by its tags alone, whatever
+    /// its name (an adopted stack keeps the older design's). Stacks without our owner tag,
+    /// or whose `USER`/`flightdeck:cluster` tags are not valid names, are left out, but for
+    /// the older design's, noted as unmanaged. Deleted stacks are left out.
+    pub fn add_stacks(&mut self, identity: &Identity, stacks: impl IntoIterator<Item = StackView>) {
         for stack in stacks {
             if stack.phase() == StackPhase::Deleted {
                 continue;
             }
             let Some(key) = identity.owned_key(&stack.tags) else {
                 if let Some(key) = unmanaged_key(&stack) {
-                    snap.unmanaged.insert(key, stack);
+                    self.unmanaged.insert(key, stack);
                 }
                 continue;
             };
             let expected = identity.stack_name(&key);
-            match snap.stacks.remove(&key) {
+            match self.stacks.remove(&key) {
                 None => {
-                    snap.stacks.insert(key, stack);
+                    self.stacks.insert(key, stack);
                 }
                 Some(held) => {
                     let (keep, other) = if stack.name == expected && held.name != expected {
@@ -118,12 +142,11 @@ impl Snapshot {
                     } else {
                         (held, stack)
                     };
-                    snap.stacks.insert(key, keep);
-                    snap.duplicates.push(other);
+                    self.stacks.insert(key, keep);
+                    self.duplicates.push(other);
                 }
             }
         }
-        snap
     }
 
     /// Every cluster with a file or a stack.

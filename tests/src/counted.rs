@@ -11,7 +11,8 @@ use flightdeck::aws::ec2::Ec2;
 use flightdeck::aws::s3::S3Store;
 use flightdeck::aws::ses::Ses;
 use flightdeck::ports::{
-    CallError, ErrorKind, Fetched, Mailer, ObjectStore, Read, StackService, Template, UpdateOutcome,
+    CallError, ErrorKind, Fetched, Mailer, ObjectStore, Page, Read, StackService, Template,
+    UpdateOutcome,
 };
 use flightdeck::reconcile::{Cloud, Reconciler};
 use flightdeck_core::plan::StackSpec;
@@ -63,8 +64,12 @@ impl<T> Counted<T> {
 }
 
 impl<T: ObjectStore> ObjectStore for Counted<T> {
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, CallError> {
-        self.inner.list(prefix).await
+    async fn list_page(
+        &self,
+        prefix: &str,
+        next: Option<&str>,
+    ) -> Result<Page<ObjectMeta>, CallError> {
+        self.inner.list_page(prefix, next).await
     }
     async fn any_under(&self, prefix: &str) -> Result<bool, CallError> {
         self.inner.any_under(prefix).await
@@ -114,8 +119,8 @@ impl<T: Mailer> Mailer for Counted<T> {
 }
 
 impl<T: StackService> StackService for Counted<T> {
-    async fn list(&self) -> Result<Vec<StackView>, CallError> {
-        self.inner.list().await
+    async fn list_page(&self, next: Option<&str>) -> Result<Page<StackView>, CallError> {
+        self.inner.list_page(next).await
     }
     async fn describe(&self, name_or_id: &str) -> Result<Option<StackView>, CallError> {
         self.inner.describe(name_or_id).await

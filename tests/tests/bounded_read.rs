@@ -9,7 +9,7 @@ use flightdeck::aws::cloudformation::CloudFormation;
 use flightdeck::aws::ec2::Ec2;
 use flightdeck::aws::s3::S3Store;
 use flightdeck::aws::ses::Ses;
-use flightdeck::ports::{CallError, Fetched, ObjectStore, Read};
+use flightdeck::ports::{CallError, Fetched, ObjectStore, Page, Read};
 use flightdeck::reconcile::{Cloud, Reconciler};
 use flightdeck_core::snapshot::ObjectMeta;
 use flightdeck_tests::site::{Site, emulator};
@@ -23,14 +23,18 @@ const MIB: u64 = 1024 * 1024;
 struct StaleListing(S3Store);
 
 impl ObjectStore for StaleListing {
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, CallError> {
-        let mut objects = self.0.list(prefix).await?;
-        for o in &mut objects {
+    async fn list_page(
+        &self,
+        prefix: &str,
+        next: Option<&str>,
+    ) -> Result<Page<ObjectMeta>, CallError> {
+        let mut page = self.0.list_page(prefix, next).await?;
+        for o in &mut page.items {
             if o.key.ends_with(".cf-create") {
                 o.size = LISTED_SIZE;
             }
         }
-        Ok(objects)
+        Ok(page)
     }
     async fn any_under(&self, prefix: &str) -> Result<bool, CallError> {
         self.0.any_under(prefix).await

@@ -11,7 +11,7 @@ use flightdeck_core::request::ParameterRule;
 use flightdeck_core::stack::StackView;
 
 use super::error::{classify, local};
-use crate::ports::{CallError, ErrorKind, StackService, Template, UpdateOutcome};
+use crate::ports::{CallError, ErrorKind, Page, StackService, Template, UpdateOutcome};
 
 const SERVICE: &str = "cloudformation";
 
@@ -176,22 +176,24 @@ fn first_failure_of(events: &[Event]) -> Option<String> {
 }
 
 impl StackService for CloudFormation {
-    async fn list(&self) -> Result<Vec<StackView>, CallError> {
-        let mut stacks = self
+    async fn list_page(&self, next: Option<&str>) -> Result<Page<StackView>, CallError> {
+        let page = self
             .client
             .describe_stacks()
-            .into_paginator()
-            .items()
-            .send();
-        let mut views = Vec::new();
-        while let Some(stack) = stacks.next().await {
-            let stack = stack.map_err(|e| classify(SERVICE, "DescribeStacks", &e))?;
-            let view = view(&stack);
-            if view.status != DELETE_COMPLETE {
-                views.push(view);
-            }
-        }
-        Ok(views)
+            .set_next_token(next.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, "DescribeStacks", &e))?;
+        let items = page
+            .stacks()
+            .iter()
+            .map(view)
+            .filter(|v| v.status != DELETE_COMPLETE)
+            .collect();
+        Ok(Page {
+            items,
+            next: page.next_token().map(str::to_owned),
+        })
     }
 
     async fn describe(&self, name_or_id: &str) -> Result<Option<StackView>, CallError> {

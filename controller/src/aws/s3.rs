@@ -12,7 +12,7 @@ use aws_smithy_runtime_api::box_error::BoxError;
 use flightdeck_core::snapshot::ObjectMeta;
 
 use super::error::{classify, local};
-use crate::ports::{CallError, ErrorKind, Fetched, ObjectStore, Read};
+use crate::ports::{CallError, ErrorKind, Fetched, ObjectStore, Page, Read};
 
 const SERVICE: &str = "s3";
 
@@ -136,27 +136,37 @@ fn answered_etag(key: &str, etag: Option<&str>) -> Result<String, CallError> {
 }
 
 impl ObjectStore for S3Store {
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, CallError> {
-        let mut pages = self
+    async fn list_page(
+        &self,
+        prefix: &str,
+        next: Option<&str>,
+    ) -> Result<Page<ObjectMeta>, CallError> {
+        let page = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(prefix)
-            .into_paginator()
-            .send();
-        let mut objects = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify(SERVICE, "ListObjectsV2", &e))?;
-            objects.extend(page.contents().iter().filter_map(|o| {
+            .set_continuation_token(next.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| classify(SERVICE, "ListObjectsV2", &e))?;
+        let items = page
+            .contents()
+            .iter()
+            .filter_map(|o| {
                 Some(ObjectMeta {
                     key: o.key()?.to_owned(),
                     etag: o.e_tag().unwrap_or_default().to_owned(),
                     modified: epoch_seconds(o.last_modified()),
                     size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
                 })
-            }));
-        }
-        Ok(objects)
+            })
+            .collect();
+        let next = match page.next_continuation_token() {
+            Some(token) if page.is_truncated() == Some(true) => Some(token.to_owned()),
+            _ => None,
+        };
+        Ok(Page { items, next })
     }
 
     async fn any_under(&self, prefix: &str) -> Result<bool, CallError> {
