@@ -489,6 +489,12 @@ where
         lock(&self.watch).due_in(self.settings.busy_interval, self.epoch.elapsed())
     }
 
+    /// How long the next full pass waits, so that while clusters are watched the stacks
+    /// are listed at most once per busy interval ([`Watch::pass_waits`]).
+    pub fn pass_waits(&self) -> Duration {
+        lock(&self.watch).pass_waits(self.settings.busy_interval, self.epoch.elapsed())
+    }
+
     /// Lists every stack (its pages only) and returns the watched clusters whose stack
     /// changed or is gone: each is to be looked at again, with what the listing showed.
     ///

@@ -198,6 +198,13 @@ where
             () = &mut *shutdown => break Stop::Shutdown,
             () = &mut lost => break Stop::Lost,
         }
+        // While clusters are watched, a poll may have listed the stacks a moment ago: the
+        // pass waits, so that the stacks are listed at most once per busy interval.
+        tokio::select! {
+            () = tokio::time::sleep(rec.pass_waits()) => {}
+            () = &mut *shutdown => break Stop::Shutdown,
+            () = &mut lost => break Stop::Lost,
+        }
     };
     poller.abort();
     match stop {

@@ -70,6 +70,16 @@ impl Watch {
         })
     }
 
+    /// How long a full pass should wait before it lists the stacks, so that while clusters
+    /// are watched the stacks are listed at most once per `interval` in all: the rest of
+    /// the interval since the last listing. Zero while nothing is watched.
+    pub fn pass_waits(&self, interval: Duration, now: Duration) -> Duration {
+        match (self.busy.is_empty(), self.listed) {
+            (false, Some(at)) => (at + interval).saturating_sub(now),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// Records a complete listing of the stacks at `now`, grouped by cluster (the stacks of
     /// [`crate::snapshot::Snapshot`]), and returns the watched clusters whose stack is gone
     /// or no longer in the status it was seen in. These leave the watch; what the listing
@@ -183,6 +193,17 @@ mod tests {
         assert_eq!(watch.due_in(15 * S, 40 * S), Some(Duration::ZERO));
         watch.unwatch(&k("a"));
         assert_eq!(watch.due_in(15 * S, 40 * S), None);
+    }
+
+    #[test]
+    fn a_full_pass_waits_for_the_interval_since_a_poll_only_while_clusters_are_watched() {
+        let mut watch = Watch::default();
+        watch.listed_for_pass(10 * S);
+        assert_eq!(watch.pass_waits(15 * S, 12 * S), Duration::ZERO, "nothing watched");
+        watch.watch(&k("a"), "CREATE_IN_PROGRESS");
+        watch.listed(&stacks(&[("a", "CREATE_IN_PROGRESS")]), 20 * S);
+        assert_eq!(watch.pass_waits(15 * S, 24 * S), 11 * S);
+        assert_eq!(watch.pass_waits(15 * S, 36 * S), Duration::ZERO);
     }
 
     #[test]

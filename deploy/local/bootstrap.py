@@ -9,8 +9,9 @@ Creates, or finds and reuses, everything a demo or an integration test needs:
 - bucket flightdeck-customizer with customizer/default/configure.d/* copied from the
   repository's customizer/default/configure.d/, and users alice and bob enrolled
   (customizer/<user>/configure.d/ = default's files + authorized_keys); carol is not enrolled;
-- a VPC 10.0.0.0/16 with subnet 10.0.1.0/24, an internet gateway and a default route,
-  found again on later runs by their Name tags;
+- a VPC 10.0.0.0/16 with subnet 10.0.64.0/18, an internet gateway and a default route,
+  found again on later runs by their Name tags. The subnet holds 16,379 addresses, enough
+  for the master instances of 10,000 clusters (moto answers 500 once a subnet is full);
 - SSM String parameters /flightdeck/network/vpc-id, /flightdeck/network/subnet-id and
   /flightdeck/local/image-id (the image of the clusters' nodes);
 - an SESv2 email identity for example.org, so flightdeck@example.org can send.
@@ -40,7 +41,7 @@ ENROLLED = ("alice", "bob")
 NOT_ENROLLED = ("carol",)
 NAME = "flightdeck-local"  # Name tag of the network pieces
 VPC_CIDR = "10.0.0.0/16"
-SUBNET_CIDR = "10.0.1.0/24"
+SUBNET_CIDR = "10.0.64.0/18"
 SUBNET_AZ = f"{REGION}a"
 VPC_PARAMETER = "/flightdeck/network/vpc-id"
 SUBNET_PARAMETER = "/flightdeck/network/subnet-id"

@@ -8,10 +8,10 @@
 
 `run` stays in the foreground until SIGTERM/SIGINT, then stops every host and removes all it
 made (containers, network namespaces, veths, the bridge, routes, nftables tables, mounts).
-Every EC2 instance of the emulator that is pending/running with a private IP in 10.0.1.0/24
+Every EC2 instance of the emulator that is pending/running with a private IP in 10.0.64.0/18
 becomes a systemd-nspawn container booted from tests/box/rootfs.sh's image, in its own
-network namespace on the bridge fdbox0 (10.0.1.1/24). The box answers, as EC2 would:
-DNS for *.amazonaws.com (10.0.1.1:53), TLS for the AWS endpoints (10.0.1.1:443, forwarded as
+network namespace on the bridge fdbox0 (10.0.64.1/18). The box answers, as EC2 would:
+DNS for *.amazonaws.com (10.0.64.1:53), TLS for the AWS endpoints (10.0.64.1:443, forwarded as
 plain HTTP to the emulator), and the instance metadata service (169.254.169.254:80, IMDSv2).
 Security groups are enforced with nftables in each host's namespace.
 

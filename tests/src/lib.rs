@@ -30,6 +30,7 @@ use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use flightdeck::aws::AwsSettings;
 
 pub mod counted;
+pub mod scale;
 pub mod site;
 
 /// The region every test works in; outside us-east-1 on purpose, as a bucket there needs

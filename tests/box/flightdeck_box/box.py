@@ -89,7 +89,7 @@ class Box(HostLifecycle, NetworkPlumbing, Firewall, InstanceMetadata):
             self.servers.append(imds)
             imds.start()
             self.write_hosts()
-            log(f"up: bridge {BRIDGE} {GATEWAY}/24, DNS {GATEWAY}:53, TLS {GATEWAY}:443 -> "
+            log(f"up: bridge {BRIDGE} {GATEWAY}/{SUBNET.prefixlen}, DNS {GATEWAY}:53, TLS {GATEWAY}:443 -> "
                 f"{self.endpoint}, IMDS {IMDS_IP}:80; rootfs {self.rootfs}; state {self.state}")
             self.watch()
         finally:

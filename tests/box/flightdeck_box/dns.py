@@ -1,4 +1,4 @@
-"""The DNS stand-in on 10.0.1.1:53: the AWS endpoint names point at the TLS proxy, and the
+"""The DNS stand-in on 10.0.64.1:53: the AWS endpoint names point at the TLS proxy, and the
 VPC's ip-A-B-C-D names (and their PTR records) at the hosts, as the Amazon resolver does.
 A thread of its own; no upstream, so the hosts resolve nothing beyond the box."""
 
@@ -15,9 +15,9 @@ from .shell import log
 
 
 class Dns:
-    """A tiny authoritative DNS server on 10.0.1.1:53 (UDP), with no upstream.
+    """A tiny authoritative DNS server on 10.0.64.1:53 (UDP), with no upstream.
 
-    *.amazonaws.com -> 10.0.1.1 (the TLS proxy); ip-A-B-C-D.<region>.compute.internal and
+    *.amazonaws.com -> 10.0.64.1 (the TLS proxy); ip-A-B-C-D.<region>.compute.internal and
     ip-A-B-C-D.ec2.internal -> A.B.C.D inside the VPC, with the PTR records back, as the
     Amazon-provided VPC resolver does. Everything else: NXDOMAIN.
     """

@@ -10,8 +10,9 @@ from pathlib import Path
 BRIDGE = "fdbox0"
 # The bridge's own (locally administered) MAC address: fixed, so that it never changes.
 BRIDGE_MAC = "02:fd:b0:00:00:01"
-GATEWAY = "10.0.1.1"
-SUBNET = ipaddress.ip_network("10.0.1.0/24")
+# The emulator's subnet (deploy/local/bootstrap.py), sized for 10,000 clusters.
+GATEWAY = "10.0.64.1"
+SUBNET = ipaddress.ip_network("10.0.64.0/18")
 VPC_DEFAULT = ipaddress.ip_network("10.0.0.0/16")
 IMDS_IP = "169.254.169.254"
 NETNS_PREFIX = "fdb-"

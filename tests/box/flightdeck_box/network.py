@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 from .hosts import Host
-from .layout import BRIDGE, BRIDGE_MAC, GATEWAY, IMDS_IP, NETNS_PREFIX, NFT_TABLE, VETH_PREFIX
+from .layout import (BRIDGE, BRIDGE_MAC, GATEWAY, IMDS_IP, NETNS_PREFIX, NFT_TABLE, SUBNET,
+                     VETH_PREFIX)
 from .shell import is_mounted, log, nft, sh, sysctl, umount
 
 
@@ -33,7 +34,7 @@ class NetworkPlumbing:
         # nowhere for a while, and a credentials fetch on the master fails. So it gets one.
         sh("ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge",
            "forward_delay", "0", "stp_state", "0")
-        sh("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
+        sh("ip", "addr", "add", f"{GATEWAY}/{SUBNET.prefixlen}", "dev", BRIDGE)
         sh("ip", "addr", "add", f"{IMDS_IP}/32", "dev", BRIDGE)
         sysctl(f"net/ipv6/conf/{BRIDGE}/disable_ipv6", "1")
         # moto's Elastic IPs are in 127.0.0.0/8: let them be routed on the bridge. The input

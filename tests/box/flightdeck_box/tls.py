@@ -1,4 +1,4 @@
-"""The TLS proxy on 10.0.1.1:443 and its certificate: the hosts reach the AWS endpoints by
+"""The TLS proxy on 10.0.64.1:443 and its certificate: the hosts reach the AWS endpoints by
 their real names over HTTPS, and the plain HTTP goes on to the emulator. The certificate is
 signed by the box CA that tests/box/rootfs.sh puts in the image's trust store."""
 
@@ -15,7 +15,7 @@ from .shell import log, sh
 
 
 class TlsProxy:
-    """10.0.1.1:443: terminates TLS (certificate for the AWS endpoint names, signed by the box
+    """10.0.64.1:443: terminates TLS (certificate for the AWS endpoint names, signed by the box
     CA) and pipes the plain HTTP bytes, Host header untouched, to the emulator."""
 
     def __init__(self, cert: Path, key: Path, upstream: tuple[str, int]):
