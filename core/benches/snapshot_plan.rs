@@ -502,10 +502,11 @@ fn snapshot_plan(c: &mut Criterion) {
     // A test run (unoptimised) checks that the look runs, on a world a hundredth the size.
     let scale = if measuring() { 1 } else { 100 };
     let mut group = c.benchmark_group("snapshot_plan");
-    for (label, keys, samples) in [("100k", 100_000, 20), ("1m", 1_000_000, 10)] {
+    for (label, keys, samples, seconds) in [("100k", 100_000, 20, 8), ("1m", 1_000_000, 10, 10)] {
         // Built only when this size runs, and once.
         let mut world = None;
         group.sample_size(samples);
+        group.measurement_time(Duration::from_secs(seconds));
         group.bench_function(label, |b| {
             let world =
                 world.get_or_insert_with(|| World::new(keys / scale, 10_000 / scale, &install));

@@ -107,12 +107,12 @@ impl Snapshot {
                 }
                 continue;
             };
-            let expected = identity.stack_name(&key);
             match snap.stacks.remove(&key) {
                 None => {
                     snap.stacks.insert(key, stack);
                 }
                 Some(held) => {
+                    let expected = identity.stack_name(&key);
                     let (keep, other) = if stack.name == expected && held.name != expected {
                         (stack, held)
                     } else {
