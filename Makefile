@@ -13,7 +13,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 BIN := $(CARGO_TARGET_DIR)/debug/flightdeck
 
-.PHONY: demo test lint deny deny-advisories advisory-db build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints bench-http image image-setup image-test k8s-lint lambda-test aws-smoke emulator-test cluster-test box-rootfs
+.PHONY: demo test lint deny deny-advisories advisory-db build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints bench-http bench-plan image image-setup image-test k8s-lint lambda-test aws-smoke emulator-test cluster-test box-rootfs
 
 ## demo: start the emulator, run the controller, create and delete a cluster with the aws CLI
 demo: venv build
@@ -120,6 +120,11 @@ monitoring-live: venv packages monitoring-tools build
 ## bench-hints: hint-to-CreateStack latency over 50 requests, the controller on the emulator
 bench-hints: venv build
 	$(CARGO) run --quiet --locked -p flightdeck-tests --bin hint_latency
+
+## bench-plan: one full look in memory on one core: snapshot of 100k and 1M keys (10k
+## clusters among them), then every cluster planned; the aim is 50 ms and 500 ms
+bench-plan:
+	taskset -c 0 $(CARGO) bench --locked -p flightdeck-core --bench snapshot_plan
 
 ## bench-http: 1,000 slow connections against the HTTP endpoint in-process: its memory, and
 ## /healthz meanwhile; once dribbling headers, once with 256 KiB of unfinished header each.

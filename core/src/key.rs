@@ -363,8 +363,9 @@ pub fn classify(home_prefix: &str, object_key: &str) -> KeyKind {
     if check_user_name(user).is_err() || path.is_empty() || path.ends_with('/') {
         return KeyKind::Other;
     }
-    let report_suffix = format!(".{}", Suffix::Failed.as_str());
-    if let Some(source) = path.strip_suffix(&report_suffix)
+    if let Some(source) = path
+        .strip_suffix(Suffix::Failed.as_str())
+        .and_then(|head| head.strip_suffix('.'))
         && request_like(source.rsplit('/').next().unwrap_or(source)).is_some()
         && !matches!(
             classify(home_prefix, &format!("{home_prefix}{user}/{source}")),
@@ -409,15 +410,30 @@ pub fn classify(home_prefix: &str, object_key: &str) -> KeyKind {
 /// Whether a file name reads as a request with a mangled suffix (`x.cf_create`,
 /// `x.CF-Create`, `x.cf-create.txt`, `x.cfdelete`); returns the stem and the suffix meant.
 fn request_like(file: &str) -> Option<(&str, Suffix)> {
+    /// The longest ending looked for: `cfdeletejson`.
+    const LONGEST: usize = 12;
     let (stem, _) = file.split_once('.')?;
-    let folded: String = file
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
+    // The name's last letters and digits, in lower case and in order: all that the
+    // endings are compared with. Most keys under the home prefix are users' own files,
+    // so this allocates nothing.
+    let mut last = [0u8; LONGEST];
+    let mut n = 0;
+    for b in file
+        .bytes()
+        .rev()
+        .filter(u8::is_ascii_alphanumeric)
+        .take(LONGEST)
+    {
+        n += 1;
+        last[LONGEST - n] = b.to_ascii_lowercase();
+    }
+    let folded = &last[LONGEST - n..];
     for (word, suffix) in [("cfcreate", Suffix::Create), ("cfdelete", Suffix::Delete)] {
         for tail in ["", "txt", "json"] {
-            if folded.ends_with(&format!("{word}{tail}")) {
+            if folded
+                .strip_suffix(tail.as_bytes())
+                .is_some_and(|head| head.ends_with(word.as_bytes()))
+            {
                 return Some((stem, suffix));
             }
         }
@@ -514,6 +530,44 @@ mod tests {
                     expected_file: expected.to_owned()
                 }
             );
+        }
+    }
+
+    #[test]
+    fn a_request_like_name_is_judged_by_all_its_letters_and_digits_in_lower_case() {
+        // The rule as first written: fold the whole name, then compare its ending.
+        let by_folding = |file: &str| {
+            file.split_once('.')?;
+            let folded: String = file
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .map(|c| c.to_ascii_lowercase())
+                .collect();
+            ["cfcreate", "cfdelete"].into_iter().find(|word| {
+                ["", "txt", "json"]
+                    .iter()
+                    .any(|tail| folded.ends_with(&format!("{word}{tail}")))
+            })
+        };
+        for file in [
+            "x.cf-create",
+            "x.C_F-créate",
+            "x.cf-cré-ate",
+            "x.c-f-d-e-l-e-t-e-.-j-s-o-n",
+            "x.CFDELETE.JSON",
+            "x.cf-create.json.bak",
+            "x.cf-create-backup.json",
+            "x.cfcreatetxt",
+            "x.ccfcreate",
+            "x.create",
+            "x.json",
+            "x.",
+            "cf-create",
+            "é.cf-deleté",
+            "out.h5",
+        ] {
+            let suffix = request_like(file).map(|(_, s)| s.as_str().replace('-', ""));
+            assert_eq!(suffix.as_deref(), by_folding(file), "{file}");
         }
     }
 

@@ -237,9 +237,9 @@ struct Decision {
     remove_requests: bool,
     /// Write `.cf-delete` as if the user had (the lifetime ended).
     request_delete: bool,
-    notify: Option<Notice>,
+    notify: Option<Draft>,
     /// A notice with no marker of its own; delivery is once per id.
-    warn: Option<Notice>,
+    warn: Option<Draft>,
     soon: bool,
 }
 
@@ -385,7 +385,8 @@ fn decide(
     stack: Option<&StackView>,
 ) -> Decision {
     let key = &obs.key;
-    let name = ctx.identity.stack_name(key);
+    // Most rows never name the stack, and naming it may take a hash.
+    let name = || ctx.identity.stack_name(key);
     // A lifetime that ended comes before anything the files say: a request made invalid,
     // refused or removed since must not keep a cluster alive.
     if let (Some(s), Some(expiry)) = (stack, obs.expiry)
@@ -432,7 +433,7 @@ fn decide(
             created: Want::Absent,
             failed: Want::Absent,
             remove_requests: true,
-            notify: deleted_notice(obs, &name),
+            notify: deleted_notice(obs, name),
             ..Decision::report(Report::Set(Box::new(deleted_status(key))))
         },
         // .cf-delete present, stack deleting: wait.
@@ -516,6 +517,7 @@ fn decide(
             },
             None,
         ) => {
+            let name = name();
             let mut tags = ctx.identity.tags(key, &request.hash);
             if let Some(lifetime) = obs.lifetime {
                 let end = obs
@@ -593,7 +595,7 @@ fn decide(
                     &reason,
                     "The cluster runs on its previous settings. Fix the request and write it again.",
                 )),
-                notify: Some(notice(obs, NoticeEvent::Failed, s, &reason)),
+                notify: Some(notice(NoticeEvent::Failed, s, &reason)),
                 ..ready(obs, ctx, s, etag)
             }
         }
@@ -720,7 +722,7 @@ fn decide(
                     "Change the request (or write it again unchanged to retry); flightdeck will replace the failed stack.",
                 )),
                 created: Want::Absent,
-                notify: Some(notice(obs, NoticeEvent::Failed, s, &reason)),
+                notify: Some(notice(NoticeEvent::Failed, s, &reason)),
                 ..Decision::report(status(key, Phase::Failed, &reason, Some(s), Some(etag)))
             }
         }
@@ -746,7 +748,7 @@ fn decide(
             );
             Decision {
                 failed: Want::Body(failed_body(&reason, "")),
-                notify: Some(notice(obs, NoticeEvent::Failed, s, &reason)),
+                notify: Some(notice(NoticeEvent::Failed, s, &reason)),
                 ..Decision::report(status(key, Phase::Failed, &reason, Some(s), Some(etag)))
             }
         }
@@ -775,7 +777,7 @@ fn decide(
                     deleted: Want::Body(deleted_body(key)),
                     created: Want::Absent,
                     failed: Want::Absent,
-                    notify: deleted_notice(obs, &name),
+                    notify: deleted_notice(obs, name),
                     ..Decision::report(Report::Set(Box::new(deleted_status(key))))
                 }
             }
@@ -887,7 +889,7 @@ fn ready(obs: &Observed, ctx: &Context<'_>, s: &StackView, etag: &str) -> Decisi
             obs.now
                 >= end.saturating_sub(i64::try_from(ctx.lifetime_warning.as_secs()).unwrap_or(0))
         })
-        .map(|end| notice(obs, NoticeEvent::LifetimeWarning, s, &rfc3339(end)));
+        .map(|end| notice(NoticeEvent::LifetimeWarning, s, &rfc3339(end)));
     match &s.login_ip {
         Some(ip) => {
             let mut st =
@@ -898,7 +900,7 @@ fn ready(obs: &Observed, ctx: &Context<'_>, s: &StackView, etag: &str) -> Decisi
                 created: Want::Body(created_body(key, ip, &s.name)),
                 deleted: Want::Absent,
                 failed: Want::Absent,
-                notify: Some(notice(obs, NoticeEvent::Ready, s, ip)),
+                notify: Some(notice(NoticeEvent::Ready, s, ip)),
                 warn,
                 ..Decision::report(Report::Set(Box::new(st)))
             }
@@ -941,45 +943,61 @@ fn delete_action(key: &ClusterKey, s: &StackView, orphan: bool) -> Action {
 /// the failed operation; for readiness, the request it runs): never from the user's files,
 /// which anyone with write access to the folder can rewrite at will. The same event of the
 /// same stack is delivered once, across restarts.
-fn notice(obs: &Observed, event: NoticeEvent, s: &StackView, detail: &str) -> Notice {
+fn notice(event: NoticeEvent, s: &StackView, detail: &str) -> Draft {
     let basis = match event {
         NoticeEvent::Ready => format!("{}\u{0}{}", s.id, tag_hash(s).unwrap_or("")),
         NoticeEvent::Failed => format!("{}\u{0}{}\u{0}{}", s.id, s.status, s.last_change),
         NoticeEvent::LifetimeWarning | NoticeEvent::Deleted => s.id.clone(),
     };
-    notice_with_id(obs, event, &s.name, &basis, detail)
+    Draft {
+        event,
+        stack: s.name.clone(),
+        basis,
+        detail: detail.to_owned(),
+    }
 }
 
 /// The "deleted" notice, when flightdeck saw this cluster's stack and then saw it deleted.
-fn deleted_notice(obs: &Observed, stack_name: &str) -> Option<Notice> {
+fn deleted_notice(obs: &Observed, stack_name: impl FnOnce() -> String) -> Option<Draft> {
     let id = obs.vanished.as_deref()?;
-    Some(notice_with_id(
-        obs,
-        NoticeEvent::Deleted,
-        stack_name,
-        id,
-        "",
-    ))
+    Some(Draft {
+        event: NoticeEvent::Deleted,
+        stack: stack_name(),
+        basis: id.to_owned(),
+        detail: String::new(),
+    })
 }
 
-fn notice_with_id(
-    obs: &Observed,
+/// A notice a row may send, before its id is worked out: most are not sent (their
+/// marker already says the same), and the id takes a hash.
+#[derive(Debug)]
+struct Draft {
     event: NoticeEvent,
-    stack: &str,
-    basis: &str,
-    detail: &str,
-) -> Notice {
-    let key = &obs.key;
-    let id = crate::identity::hex_sha256(
-        format!("{}\u{0}{}\u{0}{event:?}\u{0}{basis}", key.user, key.cluster).as_bytes(),
-    )[..24]
-        .to_owned();
-    Notice {
-        id,
-        event,
-        key: key.clone(),
-        stack: stack.to_owned(),
-        detail: detail.to_owned(),
+    stack: String,
+    /// What identifies the event besides the cluster and its kind.
+    basis: String,
+    detail: String,
+}
+
+impl Draft {
+    fn notice(self, key: &ClusterKey) -> Notice {
+        let Draft {
+            event,
+            stack,
+            basis,
+            detail,
+        } = self;
+        let id = crate::identity::hex_sha256(
+            format!("{}\u{0}{}\u{0}{event:?}\u{0}{basis}", key.user, key.cluster).as_bytes(),
+        )[..24]
+            .to_owned();
+        Notice {
+            id,
+            event,
+            key: key.clone(),
+            stack,
+            detail,
+        }
     }
 }
 
@@ -1021,7 +1039,8 @@ fn unquote(etag: &str) -> String {
 /// Whether an object with `etag` already holds `body` (S3's ETag of a single-part upload
 /// is the MD5 of its content).
 pub fn holds(etag: &str, body: &str) -> bool {
-    unquote(etag).eq_ignore_ascii_case(&hex_md5(body.as_bytes()))
+    etag.trim_matches('"')
+        .eq_ignore_ascii_case(&hex_md5(body.as_bytes()))
 }
 
 /// Turns a decision into actions: the stack action first, then the notice (only when its
@@ -1040,19 +1059,19 @@ fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
         (Suffix::Deleted, &d.deleted),
         (Suffix::Status, &status),
     ] {
-        let object = obs.key.object_key(ctx.home_prefix, suffix);
+        let object = || obs.key.object_key(ctx.home_prefix, suffix);
         let present = obs.markers.get(&suffix);
         match (want, present) {
             (Want::Body(body), Some(etag)) if holds(etag, body) => {}
             (Want::Body(body), _) => {
                 written.insert(suffix);
                 writes.push(Action::Put {
-                    key: object,
+                    key: object(),
                     body: body.clone(),
                 });
             }
             (Want::Absent, Some(_)) => writes.push(Action::Remove {
-                key: object,
+                key: object(),
                 if_etag: None,
             }),
             (Want::Absent, None) | (Want::Keep, _) => {}
@@ -1063,7 +1082,7 @@ fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
     // other way round, a crash between the two could lose it.
     let mut actions: Vec<Action> = d.stack.into_iter().collect();
     if let Some(n) = d.warn {
-        actions.push(Action::Notify(n));
+        actions.push(Action::Notify(n.notice(&obs.key)));
     }
     if let Some(n) = d.notify {
         let marker = match n.event {
@@ -1072,7 +1091,7 @@ fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
             NoticeEvent::Deleted | NoticeEvent::LifetimeWarning => Suffix::Deleted,
         };
         if written.contains(&marker) {
-            actions.push(Action::Notify(n));
+            actions.push(Action::Notify(n.notice(&obs.key)));
         }
     }
     actions.extend(writes);

@@ -131,12 +131,12 @@ impl Snapshot {
                 }
                 continue;
             };
-            let expected = identity.stack_name(&key);
             match self.stacks.remove(&key) {
                 None => {
                     self.stacks.insert(key, stack);
                 }
                 Some(held) => {
+                    let expected = identity.stack_name(&key);
                     let (keep, other) = if stack.name == expected && held.name != expected {
                         (stack, held)
                     } else {
