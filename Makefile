@@ -13,7 +13,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 BIN := $(CARGO_TARGET_DIR)/debug/flightdeck
 
-.PHONY: demo test lint deny deny-advisories advisory-db build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints bench-http bench-plan image image-setup image-test k8s-lint lambda-test aws-smoke emulator-test cluster-test box-rootfs
+.PHONY: demo test lint deny deny-advisories advisory-db build venv packages emulator emulator-stop monitoring-tools monitoring-lint monitoring-live bench-hints bench-http bench-scale bench-plan image image-setup image-test k8s-lint lambda-test aws-smoke emulator-test cluster-test box-rootfs
 
 ## demo: start the emulator, run the controller, create and delete a cluster with the aws CLI
 demo: venv build
@@ -125,6 +125,14 @@ bench-hints: venv build
 ## clusters among them), then every cluster planned; the aim is 50 ms and 500 ms
 bench-plan:
 	taskset -c 0 $(CARGO) bench --locked -p flightdeck-core --bench snapshot_plan
+
+## bench-scale: the controller at 10,000 clusters of 5,000 users among 1,000,000 data files,
+## in one process (a debug build) on in-process stand-ins for S3 and CloudFormation: a quiet pass's calls,
+## CPU and peak RSS; stack calls while 1,000 clusters create at once; hint to CreateStack.
+## Sizes: make bench-scale SCALE="USERS CLUSTERS DATA CREATING". See docs/performance.md.
+SCALE ?= 5000 10000 1000000 1000
+bench-scale:
+	$(CARGO) run --quiet --locked -p flightdeck-tests --bin scale -- $(SCALE)
 
 ## bench-http: 1,000 slow connections against the HTTP endpoint in-process: its memory, and
 ## /healthz meanwhile; once dribbling headers, once with 256 KiB of unfinished header each.

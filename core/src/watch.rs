@@ -199,7 +199,11 @@ mod tests {
     fn a_full_pass_waits_for_the_interval_since_a_poll_only_while_clusters_are_watched() {
         let mut watch = Watch::default();
         watch.listed_for_pass(10 * S);
-        assert_eq!(watch.pass_waits(15 * S, 12 * S), Duration::ZERO, "nothing watched");
+        assert_eq!(
+            watch.pass_waits(15 * S, 12 * S),
+            Duration::ZERO,
+            "nothing watched"
+        );
         watch.watch(&k("a"), "CREATE_IN_PROGRESS");
         watch.listed(&stacks(&[("a", "CREATE_IN_PROGRESS")]), 20 * S);
         assert_eq!(watch.pass_waits(15 * S, 24 * S), 11 * S);

@@ -148,7 +148,10 @@ impl ScaleStore {
     pub fn home_keys(&self) -> usize {
         let written = lock(&self.0.written);
         self.0.len() - lock(&self.0.removed).len()
-            + written.range("home/".to_owned()..).take_while(|(k, _)| k.starts_with("home/")).count()
+            + written
+                .range("home/".to_owned()..)
+                .take_while(|(k, _)| k.starts_with("home/"))
+                .count()
     }
 
     /// Writes an object, as a user would.
@@ -406,7 +409,10 @@ impl StackService for ScaleStacks {
 
     async fn describe(&self, name_or_id: &str) -> Result<Option<StackView>, CallError> {
         let stacks = lock(&self.stacks);
-        let name = stacks.names.get(name_or_id).map_or(name_or_id, String::as_str);
+        let name = stacks
+            .names
+            .get(name_or_id)
+            .map_or(name_or_id, String::as_str);
         Ok(stacks.by_name.get(name).cloned())
     }
 
