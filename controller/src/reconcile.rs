@@ -459,15 +459,7 @@ where
                 None => break,
             }
         }
-        let mut next = None;
-        loop {
-            let page = self.cloud.stacks.list_page(next.as_deref()).await?;
-            snap.add_stacks(&self.settings.identity, page.items);
-            match page.next {
-                Some(token) => next = Some(token),
-                None => break,
-            }
-        }
+        self.list_stacks_into(&mut snap).await?;
         let now = self.epoch.elapsed();
         lock(&self.watch).listed_for_pass(now);
         *lock(&self.older_names) = OlderNames::of(
@@ -502,16 +494,21 @@ where
     /// The listing call that failed; the watch is kept, to be polled again.
     pub async fn poll_stacks(&self) -> Result<Vec<ClusterKey>, CallError> {
         let mut snap = Snapshot::default();
+        self.list_stacks_into(&mut snap).await?;
+        Ok(lock(&self.watch).listed(&snap.stacks, self.epoch.elapsed()))
+    }
+
+    /// Every stack, page by page, into `snap`.
+    async fn list_stacks_into(&self, snap: &mut Snapshot) -> Result<(), CallError> {
         let mut next = None;
         loop {
             let page = self.cloud.stacks.list_page(next.as_deref()).await?;
             snap.add_stacks(&self.settings.identity, page.items);
             match page.next {
                 Some(token) => next = Some(token),
-                None => break,
+                None => return Ok(()),
             }
         }
-        Ok(lock(&self.watch).listed(&snap.stacks, self.epoch.elapsed()))
     }
 
     /// After a look at `key`: watches it while it waits on its stack, else stops watching.
