@@ -9,6 +9,7 @@
 use flightdeck_core::key::{ClusterKey, Suffix};
 use flightdeck_core::nodes::{Teardown, plan_teardown};
 use flightdeck_core::plan::{Action, StackSpec};
+use flightdeck_core::watch::Waiting;
 use tracing::{error, info, warn};
 
 use crate::ports::{
@@ -37,22 +38,21 @@ where
     /// Runs `actions` for `key` in order; the first error stops the rest (they are planned
     /// again on the next look) and is returned in the outcome for a backoff requeue.
     ///
-    /// `changing` is the status of the cluster's stack when it is in progress. A look
+    /// `changing` is the cluster's stack and its status when it is in progress. A look
     /// again soon that waits only on the stack (the one it was in, or the one a create,
-    /// update or delete started) says so in the outcome's `waits_on`: the stack listings
-    /// watch it. One that waits on something else (instances shutting down, a refusal) is
+    /// update or delete started) says so in the outcome's `waits_on`: the watch polls it. One that waits on something else (instances shutting down, a refusal) is
     /// timed.
     pub(crate) async fn execute(
         &self,
         key: &ClusterKey,
         actions: Vec<Action>,
-        changing: Option<&str>,
+        changing: Option<Waiting>,
     ) -> KeyOutcome {
         let mut outcome = KeyOutcome {
             soon: actions.contains(&Action::LookAgainSoon),
             ..KeyOutcome::default()
         };
-        let mut waits_on = changing.map(str::to_owned);
+        let mut waits_on = changing;
         let mut timed = false;
         for action in &actions {
             let result = match action {
@@ -97,13 +97,16 @@ where
                         self.metrics.action(kind, "ok");
                     }
                     let started = match action {
-                        Action::CreateStack(_) => Some("CREATE_IN_PROGRESS"),
-                        Action::UpdateStack(_) => Some("UPDATE_IN_PROGRESS"),
-                        Action::DeleteStack { .. } => Some("DELETE_IN_PROGRESS"),
+                        Action::CreateStack(spec) => Some((&spec.name, "CREATE_IN_PROGRESS")),
+                        Action::UpdateStack(spec) => Some((&spec.name, "UPDATE_IN_PROGRESS")),
+                        Action::DeleteStack { name, .. } => Some((name, "DELETE_IN_PROGRESS")),
                         _ => None,
                     };
-                    if let Some(status) = started {
-                        waits_on = Some(status.to_owned());
+                    if let Some((stack, status)) = started {
+                        waits_on = Some(Waiting {
+                            stack: stack.clone(),
+                            status: status.to_owned(),
+                        });
                     }
                 }
                 Ok(Flow::Later) => {

@@ -348,12 +348,12 @@ impl Metrics {
             watched: gauge(
                 &r,
                 "flightdeck_clusters_watched",
-                "Clusters waiting for their stack to change, watched with one listing of the stacks per busy interval.",
+                "Clusters waiting for their stack to change, polled every busy interval.",
             ),
             stack_polls: counter_vec(
                 &r,
                 "flightdeck_stack_polls_total",
-                "Listings of the stacks made for the watched clusters (not for a full pass), by outcome (changed: some were queued, unchanged, error).",
+                "Polls of the watched clusters' stacks (one DescribeStacks each, or one listing of every stack, whichever is fewer calls), by outcome (changed: some were queued, unchanged, error).",
                 &["outcome"],
             ),
             rate_waits: counter_vec(
@@ -597,7 +597,7 @@ impl Metrics {
         self.refused.with_label_values(&[reason]).inc();
     }
 
-    /// The stacks were listed for the watched clusters: `watched` are left waiting, and
+    /// The watched clusters' stacks were polled: `watched` are left waiting, and
     /// `changed` were queued to be looked at.
     pub fn stacks_polled(&self, watched: usize, changed: usize) {
         self.watched.set(i64::try_from(watched).unwrap_or(i64::MAX));

@@ -21,7 +21,7 @@ use flightdeck_core::report::Phase;
 use flightdeck_core::request::{MAX_REQUEST_BYTES, RequestError, RequestRules, parse_request};
 use flightdeck_core::snapshot::{ClusterFiles, Snapshot};
 use flightdeck_core::stack::{StackPhase, StackView};
-use flightdeck_core::watch::{Watch, in_progress};
+use flightdeck_core::watch::{Poll, Waiting, Watch, in_progress};
 use futures::StreamExt;
 use tracing::warn;
 
@@ -63,8 +63,9 @@ pub struct KeyOutcome {
     /// Not looked at: its user's work for this pass was spent (the next pass goes on).
     pub deferred: bool,
     /// The status its stack was seen in, when it waits for that stack to change by itself:
-    /// it is watched by the stack listings rather than looked at alone.
-    pub waits_on: Option<String>,
+    /// it is put on the watch, which polls it every busy interval, rather than looked at
+    /// alone.
+    pub waits_on: Option<Waiting>,
 }
 
 /// How one cluster is looked at: what the full pass decided for it, if anything.
@@ -163,7 +164,7 @@ pub struct Reconciler<S, C, E, M> {
     pub(crate) notice_budgets: Mutex<HashMap<String, (f64, Instant)>>,
     details: Mutex<HashMap<DetailsKey, StackDetails>>,
     orphans: Mutex<OrphanTracker>,
-    /// Clusters waiting for their stack to change, polled with one listing of the stacks.
+    /// Clusters waiting for their stack to change, polled every busy interval.
     watch: Mutex<Watch>,
     /// Which clusters a single-key look also describes by the older design's name.
     older_names: Mutex<OlderNames>,
@@ -459,9 +460,9 @@ where
                 None => break,
             }
         }
-        self.list_stacks_into(&mut snap).await?;
+        let pages = self.list_stacks_into(&mut snap).await?;
         let now = self.epoch.elapsed();
-        lock(&self.watch).listed_for_pass(now);
+        lock(&self.watch).listed_for_pass(pages, now);
         *lock(&self.older_names) = OlderNames::of(
             &self.settings.identity,
             &snap.stacks,
@@ -487,26 +488,42 @@ where
         lock(&self.watch).pass_waits(self.settings.busy_interval, self.epoch.elapsed())
     }
 
-    /// Lists every stack (its pages only) and returns the watched clusters whose stack
-    /// changed or is gone: each is to be looked at again, with what the listing showed.
+    /// Polls the watched stacks, in min(K, pages) calls ([`Watch::poll`]): one
+    /// DescribeStacks each while they are fewer than the pages of a listing, else one
+    /// listing of every stack. Returns the watched clusters whose stack changed or is gone:
+    /// each is to be looked at again, with what the poll showed.
     ///
     /// # Errors
-    /// The listing call that failed; the watch is kept, to be polled again.
+    /// The call that failed; the watch is kept, to be polled again.
     pub async fn poll_stacks(&self) -> Result<Vec<ClusterKey>, CallError> {
         let mut snap = Snapshot::default();
-        self.list_stacks_into(&mut snap).await?;
-        Ok(lock(&self.watch).listed(&snap.stacks, self.epoch.elapsed()))
+        let poll = lock(&self.watch).poll();
+        match poll {
+            Poll::List => {
+                let pages = self.list_stacks_into(&mut snap).await?;
+                Ok(lock(&self.watch).listed(&snap.stacks, pages, self.epoch.elapsed()))
+            }
+            Poll::Describe(names) => {
+                for name in names {
+                    let stack = self.cloud.stacks.describe(&name).await?;
+                    snap.add_stacks(&self.settings.identity, stack);
+                }
+                Ok(lock(&self.watch).described(&snap.stacks, self.epoch.elapsed()))
+            }
+        }
     }
 
-    /// Every stack, page by page, into `snap`.
-    async fn list_stacks_into(&self, snap: &mut Snapshot) -> Result<(), CallError> {
+    /// Every stack, page by page, into `snap`; returns how many pages it took.
+    async fn list_stacks_into(&self, snap: &mut Snapshot) -> Result<usize, CallError> {
         let mut next = None;
+        let mut pages = 0;
         loop {
             let page = self.cloud.stacks.list_page(next.as_deref()).await?;
+            pages += 1;
             snap.add_stacks(&self.settings.identity, page.items);
             match page.next {
                 Some(token) => next = Some(token),
-                None => return Ok(()),
+                None => return Ok(pages),
             }
         }
     }
@@ -515,7 +532,7 @@ where
     pub fn watch_or_forget(&self, key: &ClusterKey, outcome: &KeyOutcome) {
         let mut watch = lock(&self.watch);
         match &outcome.waits_on {
-            Some(status) if outcome.error.is_none() => watch.watch(key, status),
+            Some(waiting) if outcome.error.is_none() => watch.watch(key, waiting.clone()),
             _ => watch.unwatch(key),
         }
         self.metrics.watched(watch.len());
@@ -633,8 +650,11 @@ where
         let changing = observed
             .stack
             .as_ref()
-            .map(|s| s.status.as_str())
-            .filter(|status| in_progress(status));
+            .filter(|s| in_progress(&s.status))
+            .map(|s| Waiting {
+                stack: s.name.clone(),
+                status: s.status.clone(),
+            });
         let outcome = self.execute(key, planned.actions.clone(), changing).await;
         self.flush_ledger().await;
         costs(outcome)

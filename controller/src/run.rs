@@ -15,8 +15,8 @@ use crate::queue::WorkQueue;
 use crate::reconcile::{KeyOutcome, PassReport, Reconciler};
 
 /// Puts a cluster back in the queue as its outcome asks: after an error with backoff (at
-/// most the resync interval); while its stack is changing, on the watch, which the stack
-/// listings poll; while it waits on something else, after the busy interval; otherwise
+/// most the resync interval); while its stack is changing, on the watch, which is polled
+/// every busy interval; while it waits on something else, after the busy interval; otherwise
 /// not at all.
 pub fn requeue<S, C, E, M>(
     rec: &Reconciler<S, C, E, M>,
@@ -41,9 +41,10 @@ pub fn requeue<S, C, E, M>(
     }
 }
 
-/// Every busy interval while clusters wait for their stack to change: one listing of the
-/// stacks, and the clusters whose stack changed queued to be looked at. A full pass lists
-/// the stacks too, and puts the next poll off.
+/// Every busy interval while clusters wait for their stack to change: a poll of their
+/// stacks in min(K, pages) calls ([`Reconciler::poll_stacks`]), and the clusters whose stack
+/// changed queued to be looked at. A full pass lists the stacks too, and puts the next poll
+/// off.
 async fn poll<S, C, E, M>(rec: &Reconciler<S, C, E, M>, queue: &WorkQueue)
 where
     S: ObjectStore,
@@ -65,7 +66,7 @@ where
                 }
                 Err(e) => {
                     rec.metrics().stack_poll_failed();
-                    warn!(error = %e, "could not list the stacks of the clusters in progress; trying again");
+                    warn!(error = %e, "could not poll the stacks of the clusters in progress; trying again");
                     tokio::time::sleep(idle).await;
                 }
             },

@@ -94,11 +94,8 @@ async fn clusters_creating_are_watched_with_one_stack_listing_and_only_changed_o
     let queue = WorkQueue::new(rec.metrics().clone());
     let report = rec.resync(false, None).await.unwrap();
     for (key, outcome) in &report.outcomes {
-        assert_eq!(
-            outcome.waits_on.as_deref(),
-            Some("CREATE_IN_PROGRESS"),
-            "{key}"
-        );
+        let waiting = outcome.waits_on.as_ref().map(|w| w.status.as_str());
+        assert_eq!(waiting, Some("CREATE_IN_PROGRESS"), "{key}");
         requeue(&rec, &queue, key, outcome);
     }
     assert_eq!(rec.watching(), keys.len());
@@ -141,6 +138,33 @@ async fn clusters_creating_are_watched_with_one_stack_listing_and_only_changed_o
         "the listing's view of each stack was used"
     );
     assert_eq!(rec.watching(), keys.len() - 2);
+}
+
+#[tokio::test]
+async fn a_few_clusters_in_progress_among_many_stacks_are_described_each_instead_of_listed() {
+    let rec = rec();
+    load(&rec, 150, 0);
+    rec.resync(false, None).await.unwrap();
+    rec.resync(false, None).await.unwrap(); // lists the 300 stacks: 3 pages
+    *rec.cloud().stacks.create_status.lock().unwrap() = "CREATE_IN_PROGRESS".into();
+    let new = ClusterKey::new("alice", "new").unwrap();
+    rec.cloud().store.insert("home/alice/new.cf-create", SEED);
+    let queue = WorkQueue::new(rec.metrics().clone());
+    let outcome = rec.reconcile_key(&new).await;
+    requeue(&rec, &queue, &new, &outcome);
+    assert_eq!(rec.watching(), 1);
+    rec.cloud().stacks.clear_calls();
+
+    assert!(rec.poll_stacks().await.unwrap().is_empty());
+    assert_eq!(
+        rec.cloud().stacks.calls(),
+        ["DescribeStacks fd-alice-new"],
+        "one call, not the 3 pages of 301 stacks"
+    );
+    rec.cloud()
+        .stacks
+        .finish_create("fd-alice-new", "CREATE_COMPLETE");
+    assert_eq!(rec.poll_stacks().await.unwrap(), [new]);
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@
 //! - [`lease`]: leader election on one S3 object, and when the leader may act.
 //! - [`adopt`]: the older design's stacks, and taking them over.
 //! - [`rate`]: a token bucket that keeps calls to a service under a rate.
-//! - [`watch`]: stacks in progress, watched with one listing per busy interval.
+//! - [`watch`]: stacks in progress, polled in min(K, pages) calls per busy interval.
 
 pub mod admission;
 pub mod adopt;
