@@ -359,7 +359,7 @@ impl Metrics {
             rate_waits: counter_vec(
                 &r,
                 "flightdeck_aws_rate_limited_total",
-                "AWS calls that waited for their service's token bucket (aws.<service>.qps and burst), by service.",
+                "AWS calls that waited for their service's token bucket (rate.<service>_qps and rate.<service>_burst), by service.",
                 &["service"],
             ),
             rate_wait_seconds: {
