@@ -122,7 +122,8 @@ bench-hints: venv build
 	$(CARGO) run --quiet --locked -p flightdeck-tests --bin hint_latency
 
 ## bench-plan: one full look in memory on one core: snapshot of 100k and 1M keys (10k
-## clusters among them), then every cluster planned; the aim is 50 ms and 500 ms
+## clusters among them; and 100k keys with 1k clusters, the mix of 1M), then every
+## cluster planned; the aim is 50 ms and 500 ms
 bench-plan:
 	taskset -c 0 $(CARGO) bench --locked -p flightdeck-core --bench snapshot_plan
 

@@ -141,6 +141,49 @@ pub fn hex_md5(bytes: &[u8]) -> String {
     hex(&Md5::digest(bytes))
 }
 
+/// Whether `etag`, as S3 reports it (quoted or not, any case), is the MD5 `digest`: what
+/// [`hex_md5`] compares, without the hex string.
+pub(crate) fn etag_is_md5(etag: &str, digest: &[u8]) -> bool {
+    let hex = etag.trim_matches('"').as_bytes();
+    let nibble = |c: u8| char::from(c).to_digit(16);
+    hex.len() == digest.len() * 2
+        && hex.chunks_exact(2).zip(digest).all(|(pair, byte)| {
+            nibble(pair[0]) == Some(u32::from(byte >> 4))
+                && nibble(pair[1]) == Some(u32::from(byte & 0xf))
+        })
+}
+
+/// An MD5 computed as a document is written to it, so a document whose ETag is all
+/// that is wanted of it is never held in memory.
+#[derive(Default)]
+pub(crate) struct Md5Writer(md5::Md5);
+
+impl Md5Writer {
+    /// Whether what was written has the MD5 that `etag` names ([`etag_is_md5`]).
+    pub(crate) fn matches(self, etag: &str) -> bool {
+        use md5::Digest;
+        etag_is_md5(etag, &self.0.finalize())
+    }
+}
+
+impl std::fmt::Write for Md5Writer {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        md5::Digest::update(&mut self.0, s.as_bytes());
+        Ok(())
+    }
+}
+
+impl std::io::Write for Md5Writer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        md5::Digest::update(&mut self.0, buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -281,6 +324,35 @@ mod tests {
     #[test]
     fn md5_matches_s3_etag_of_known_content() {
         assert_eq!(hex_md5(b""), "d41d8cd98f00b204e9800998ecf8427e");
+    }
+
+    #[test]
+    fn an_etag_names_an_md5_quoted_or_not_in_any_case() {
+        use std::fmt::Write;
+        let mut hashed = Md5Writer::default();
+        hashed.write_str("hello, ").unwrap();
+        hashed.write_str("world").unwrap();
+        let digest = md5::Digest::finalize(hashed.0);
+        assert_eq!(hex(&digest), hex_md5(b"hello, world"));
+        let etag = hex_md5(b"hello, world");
+        for yes in [
+            etag.clone(),
+            format!("\"{etag}\""),
+            etag.to_ascii_uppercase(),
+        ] {
+            assert!(etag_is_md5(&yes, &digest), "{yes}");
+        }
+        for no in [
+            "",
+            "\"\"",
+            &etag[1..],
+            &format!("{etag}0"),
+            &format!("{}-2", &etag[..30]),
+            &format!("{}zz", &etag[..30]),
+            &hex_md5(b"hello, world!"),
+        ] {
+            assert!(!etag_is_md5(no, &digest), "{no}");
+        }
     }
 
     #[test]

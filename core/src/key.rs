@@ -354,48 +354,87 @@ pub fn mistake_report_key(source_key: &str) -> String {
 ///
 /// `home_prefix` ends with `/` (checked by the configuration).
 pub fn classify(home_prefix: &str, object_key: &str) -> KeyKind {
+    match classify_borrowed(home_prefix, object_key) {
+        Classified::Cluster {
+            user,
+            cluster,
+            suffix,
+        } => KeyKind::Cluster {
+            key: ClusterKey {
+                user: user.to_owned(),
+                cluster: cluster.to_owned(),
+            },
+            suffix,
+        },
+        Classified::Other(kind) => kind,
+    }
+}
+
+/// What [`classify`] finds, with a cluster's names still borrowed from the object key: a
+/// listing tells most of a cluster's files apart without copying its names again.
+pub(crate) enum Classified<'k> {
+    /// [`KeyKind::Cluster`]; both names are valid.
+    Cluster {
+        user: &'k str,
+        cluster: &'k str,
+        suffix: Suffix,
+    },
+    /// Any other kind.
+    Other(KeyKind),
+}
+
+/// [`classify`], borrowing a cluster's names.
+pub(crate) fn classify_borrowed<'k>(home_prefix: &str, object_key: &'k str) -> Classified<'k> {
+    let other = Classified::Other;
     let Some(rest) = object_key.strip_prefix(home_prefix) else {
-        return KeyKind::Other;
+        return other(KeyKind::Other);
     };
     let Some((user, path)) = rest.split_once('/') else {
-        return KeyKind::Other;
+        return other(KeyKind::Other);
     };
     if check_user_name(user).is_err() || path.is_empty() || path.ends_with('/') {
-        return KeyKind::Other;
+        return other(KeyKind::Other);
     }
     if let Some(source) = path
         .strip_suffix(Suffix::Failed.as_str())
         .and_then(|head| head.strip_suffix('.'))
         && request_like(source.rsplit('/').next().unwrap_or(source)).is_some()
         && !matches!(
-            classify(home_prefix, &format!("{home_prefix}{user}/{source}")),
-            KeyKind::Cluster { .. }
+            classify_borrowed(home_prefix, &format!("{home_prefix}{user}/{source}")),
+            Classified::Cluster { .. }
         )
     {
-        return KeyKind::MistakeReport {
+        return other(KeyKind::MistakeReport {
             source_key: format!("{home_prefix}{user}/{source}"),
-        };
+        });
     }
-    let mistaken = |mistake| KeyKind::Mistaken {
-        user: user.to_owned(),
-        report_key: mistake_report_key(object_key),
-        mistake,
+    let mistaken = |mistake| {
+        other(KeyKind::Mistaken {
+            user: user.to_owned(),
+            report_key: mistake_report_key(object_key),
+            mistake,
+        })
     };
     if let Some((_, file)) = path.rsplit_once('/') {
         return match request_like(file) {
             Some(_) => mistaken(Mistake::Subfolder {
                 expected_key: format!("{home_prefix}{user}/{file}"),
             }),
-            None => KeyKind::Other,
+            None => other(KeyKind::Other),
         };
     }
     if let Some((stem, ext)) = path.rsplit_once('.')
         && let Some(suffix) = Suffix::parse(ext)
     {
-        return match ClusterKey::new(user, stem) {
-            Ok(key) => KeyKind::Cluster { key, suffix },
+        // The user name was checked above.
+        return match check_cluster_name(stem) {
+            Ok(()) => Classified::Cluster {
+                user,
+                cluster: stem,
+                suffix,
+            },
             Err(e) if suffix.is_user_written() => mistaken(Mistake::ClusterName(e)),
-            Err(_) => KeyKind::Other,
+            Err(_) => other(KeyKind::Other),
         };
     }
     match request_like(path) {
@@ -403,7 +442,7 @@ pub fn classify(home_prefix: &str, object_key: &str) -> KeyKind {
             file: path.to_owned(),
             expected_file: format!("{stem}.{}", suffix.as_str()),
         }),
-        None => KeyKind::Other,
+        None => other(KeyKind::Other),
     }
 }
 
@@ -412,6 +451,12 @@ pub fn classify(home_prefix: &str, object_key: &str) -> KeyKind {
 fn request_like(file: &str) -> Option<(&str, Suffix)> {
     /// The longest ending looked for: `cfdeletejson`.
     const LONGEST: usize = 12;
+    // Every ending looked for ends in `e`, `t` or `n`: most names are told apart by their
+    // last letter or digit alone.
+    let last_letter = file.bytes().rev().find(u8::is_ascii_alphanumeric)?;
+    if !matches!(last_letter.to_ascii_lowercase(), b'e' | b't' | b'n') {
+        return None;
+    }
     let (stem, _) = file.split_once('.')?;
     // The name's last letters and digits, in lower case and in order: all that the
     // endings are compared with. Most keys under the home prefix are users' own files,

@@ -5,15 +5,20 @@
 //! to do to the stack and what the user should find in their folder; [`render`] turns the
 //! latter into writes, leaving out every write whose content is already there.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::admission::{Admitted, Refusal};
 use crate::identity::{
-    Identity, TAG_ADOPTED, TAG_EXPIRES, create_token, delete_token, hex_md5, update_token,
+    Identity, Md5Writer, TAG_ADOPTED, TAG_EXPIRES, create_token, delete_token, etag_is_md5,
+    update_token,
 };
 use crate::key::{ClusterKey, Mistake, Suffix, check_owner_name, mistake_report_key};
 use crate::orphan::OrphanVerdict;
-use crate::report::{ClusterStatus, Phase, created_body, deleted_body, failed_body, rfc3339};
+use crate::report::{
+    Message, Phase, Rfc3339, StatusDoc, created_body, deleted_body, failed_body, rfc3339,
+    write_created_body,
+};
 use crate::request::{Request, RequestRules};
 use crate::stack::{StackPhase, StackView};
 
@@ -208,43 +213,89 @@ pub enum Action {
 
 /// What a row wants one marker to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Want {
+enum Want<'a> {
     /// Leave it as it is.
     Keep,
     /// It should not exist.
     Absent,
     /// It should hold this body.
-    Body(String),
+    Body(Body<'a>),
+}
+
+impl Want<'_> {
+    fn text(body: String) -> Self {
+        Want::Body(Body::Text(body))
+    }
+}
+
+/// What a marker should hold, kept as its parts: most looks find it already written, and
+/// only hash it to see that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Body<'a> {
+    /// Text as it is.
+    Text(String),
+    /// [`created_body`].
+    Created {
+        key: &'a ClusterKey,
+        ip: &'a str,
+        stack: &'a str,
+    },
+    /// The status document.
+    Status(&'a StatusDoc<'a>),
+}
+
+impl Body<'_> {
+    /// Whether an object with `etag` already holds this body (see [`holds`]).
+    fn held_by(&self, etag: &str) -> bool {
+        use std::fmt::Write;
+        let mut md5 = Md5Writer::default();
+        // Writing to a hash cannot fail.
+        let _ = match self {
+            Body::Text(text) => md5.write_str(text),
+            Body::Created { key, ip, stack } => write_created_body(&mut md5, key, ip, stack),
+            Body::Status(doc) => doc.write_json(&mut md5).map_err(|_| std::fmt::Error),
+        };
+        md5.matches(etag)
+    }
+
+    /// The body as written.
+    fn text(&self) -> String {
+        match self {
+            Body::Text(text) => text.clone(),
+            Body::Created { key, ip, stack } => created_body(key, ip, stack),
+            Body::Status(doc) => doc.to_json(),
+        }
+    }
 }
 
 /// What a row wants the status to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Report {
+enum Report<'a> {
     /// Leave it as it is.
     Keep,
     /// It should say this.
-    Set(Box<ClusterStatus>),
+    Set(StatusDoc<'a>),
 }
 
 /// What one row of the table decides.
 #[derive(Debug)]
-struct Decision {
+struct Decision<'a> {
     stack: Option<Action>,
-    status: Report,
-    created: Want,
-    deleted: Want,
-    failed: Want,
+    status: Report<'a>,
+    created: Want<'a>,
+    deleted: Want<'a>,
+    failed: Want<'a>,
     remove_requests: bool,
     /// Write `.cf-delete` as if the user had (the lifetime ended).
     request_delete: bool,
-    notify: Option<Draft>,
+    notify: Option<Draft<'a>>,
     /// A notice with no marker of its own; delivery is once per id.
-    warn: Option<Draft>,
+    warn: Option<Draft<'a>>,
     soon: bool,
 }
 
-impl Decision {
-    fn report(status: Report) -> Self {
+impl<'a> Decision<'a> {
+    fn report(status: Report<'a>) -> Self {
         Decision {
             stack: None,
             status,
@@ -378,12 +429,12 @@ pub fn plan_with_phase(obs: &Observed, ctx: &Context<'_>) -> Planned {
     }
 }
 
-fn decide(
-    obs: &Observed,
+fn decide<'a>(
+    obs: &'a Observed,
     ctx: &Context<'_>,
-    desire: &Desire<'_>,
-    stack: Option<&StackView>,
-) -> Decision {
+    desire: &'a Desire<'a>,
+    stack: Option<&'a StackView>,
+) -> Decision<'a> {
     let key = &obs.key;
     // Most rows never name the stack, and naming it may take a hash.
     let name = || ctx.identity.stack_name(key);
@@ -402,7 +453,7 @@ fn decide(
             ..Decision::report(status(
                 key,
                 Phase::Deleting,
-                &format!(
+                format!(
                     "the cluster's lifetime ended at {}: deleting it",
                     rfc3339(expiry.end)
                 ),
@@ -429,12 +480,12 @@ fn decide(
         (Desire::Nothing, None) if obs.unmanaged.is_some() => Decision::report(Report::Keep),
         // .cf-delete present, no stack: report deleted, remove the request files.
         (Desire::Delete, None) => Decision {
-            deleted: Want::Body(deleted_body(key)),
+            deleted: Want::text(deleted_body(key)),
             created: Want::Absent,
             failed: Want::Absent,
             remove_requests: true,
             notify: deleted_notice(obs, name),
-            ..Decision::report(Report::Set(Box::new(deleted_status(key))))
+            ..Decision::report(Report::Set(deleted_status(key)))
         },
         // .cf-delete present, stack deleting: wait.
         (Desire::Delete, Some((s, StackPhase::Deleting))) => Decision {
@@ -468,18 +519,24 @@ fn decide(
             Decision {
                 stack: Some(delete_action(key, s, false)),
                 soon: true,
-                ..Decision::report(status(key, Phase::Deleting, &message, Some(s), None))
+                ..Decision::report(status(key, Phase::Deleting, message, Some(s), None))
             }
         }
         // Refused request, no stack: say why; nothing is touched.
         (Desire::Refused { reason, etag }, None) => Decision {
-            failed: Want::Body(failed_body(
+            failed: Want::text(failed_body(
                 reason,
                 "Fix the request file and write it again; nothing was created.",
             )),
             created: Want::Absent,
             deleted: Want::Absent,
-            ..Decision::report(status(key, Phase::Failed, reason, None, Some(etag)))
+            ..Decision::report(status(
+                key,
+                Phase::Failed,
+                reason.as_str(),
+                None,
+                Some(etag),
+            ))
         },
         // Refused request with a stack: say why; the stack is left as it is, and a running
         // cluster is still reported ready (its address is still the user's to use).
@@ -492,13 +549,13 @@ fn decide(
             };
             let status = match base.status {
                 Report::Set(mut st) => {
-                    st.message = message;
+                    st.message = message.into();
                     Report::Set(st)
                 }
                 other => other,
             };
             Decision {
-                failed: Want::Body(failed_body(
+                failed: Want::text(failed_body(
                     reason,
                     "Your cluster is left as it was. Fix the request file and write it again.",
                 )),
@@ -532,8 +589,8 @@ fn decide(
                 name: name.clone(),
                 template: TemplateChoice::Install,
             };
-            let mut st = ClusterStatus::new(key, Phase::Creating, "creating the cluster");
-            st.stack = Some(name);
+            let mut st = StatusDoc::new(key, Phase::Creating, "creating the cluster");
+            st.stack = Some(Cow::Owned(name));
             st.request_etag = Some(unquote(etag));
             Decision {
                 stack: Some(Action::CreateStack(spec)),
@@ -541,7 +598,7 @@ fn decide(
                 deleted: Want::Absent,
                 failed: Want::Absent,
                 soon: true,
-                ..Decision::report(Report::Set(Box::new(st)))
+                ..Decision::report(Report::Set(st))
             }
         }
         // Valid request, stack creating: wait.
@@ -561,7 +618,7 @@ fn decide(
             ..Decision::report(status(
                 key,
                 Phase::Updating,
-                &format!("stack is {}", s.status),
+                format!("stack is {}", s.status),
                 Some(s),
                 Some(etag),
             ))
@@ -591,11 +648,11 @@ fn decide(
                 s.failure()
             );
             Decision {
-                failed: Want::Body(failed_body(
+                failed: Want::text(failed_body(
                     &reason,
                     "The cluster runs on its previous settings. Fix the request and write it again.",
                 )),
-                notify: Some(notice(NoticeEvent::Failed, s, &reason)),
+                notify: Some(notice(NoticeEvent::Failed, s, reason)),
                 ..ready(obs, ctx, s, etag)
             }
         }
@@ -657,11 +714,11 @@ fn decide(
             };
             match refusal {
                 Some((reason, advice)) => Decision {
-                    failed: Want::Body(failed_body(&reason, &advice)),
+                    failed: Want::text(failed_body(&reason, &advice)),
                     ..Decision::report(status(
                         key,
                         Phase::Ready,
-                        &format!("change refused: {reason}"),
+                        format!("change refused: {reason}"),
                         Some(s),
                         Some(etag),
                     ))
@@ -717,13 +774,13 @@ fn decide(
         ) if tag_hash(s) == Some(request.hash.as_str()) && *modified <= s.last_change => {
             let reason = format!("the cluster could not be created: {}", s.failure());
             Decision {
-                failed: Want::Body(failed_body(
+                failed: Want::text(failed_body(
                     &reason,
                     "Change the request (or write it again unchanged to retry); flightdeck will replace the failed stack.",
                 )),
                 created: Want::Absent,
-                notify: Some(notice(NoticeEvent::Failed, s, &reason)),
-                ..Decision::report(status(key, Phase::Failed, &reason, Some(s), Some(etag)))
+                notify: Some(notice(NoticeEvent::Failed, s, reason.clone())),
+                ..Decision::report(status(key, Phase::Failed, reason, Some(s), Some(etag)))
             }
         }
         // Valid request changed (or written again) after a failed create: delete, then recreate.
@@ -747,9 +804,9 @@ fn decide(
                 s.failure()
             );
             Decision {
-                failed: Want::Body(failed_body(&reason, "")),
-                notify: Some(notice(NoticeEvent::Failed, s, &reason)),
-                ..Decision::report(status(key, Phase::Failed, &reason, Some(s), Some(etag)))
+                failed: Want::text(failed_body(&reason, "")),
+                notify: Some(notice(NoticeEvent::Failed, s, reason.clone())),
+                ..Decision::report(status(key, Phase::Failed, reason, Some(s), Some(etag)))
             }
         }
         // Valid request, replacing a failed stack whose delete failed: retry the delete.
@@ -759,7 +816,7 @@ fn decide(
             ..Decision::report(status(
                 key,
                 Phase::Failed,
-                &format!(
+                format!(
                     "the failed stack could not be deleted ({}); trying again",
                     s.failure()
                 ),
@@ -774,11 +831,11 @@ fn decide(
                 Decision::report(Report::Keep)
             } else {
                 Decision {
-                    deleted: Want::Body(deleted_body(key)),
+                    deleted: Want::text(deleted_body(key)),
                     created: Want::Absent,
                     failed: Want::Absent,
                     notify: deleted_notice(obs, name),
-                    ..Decision::report(Report::Set(Box::new(deleted_status(key))))
+                    ..Decision::report(Report::Set(deleted_status(key)))
                 }
             }
         }
@@ -800,12 +857,12 @@ fn decide(
 
 /// What the user reads when their `.cf-delete` (`deleting`) or `.cf-create` meets a stack of the older design that flightdeck does not manage. Its
 /// login address in `.cf-created`, if the older design wrote one, stays: it is still true.
-fn unmanaged(
-    key: &ClusterKey,
+fn unmanaged<'a>(
+    key: &'a ClusterKey,
     stack: Option<&StackView>,
-    etag: Option<&str>,
+    etag: Option<&'a str>,
     deleting: bool,
-) -> Decision {
+) -> Decision<'a> {
     let name = stack.map_or(key.cluster.as_str(), |s| s.name.as_str());
     let (reason, advice) = if deleting {
         (
@@ -830,16 +887,21 @@ fn unmanaged(
         )
     };
     Decision {
-        failed: Want::Body(failed_body(&reason, &advice)),
+        failed: Want::text(failed_body(&reason, &advice)),
         deleted: Want::Absent,
-        ..Decision::report(status(key, Phase::Failed, &reason, None, etag))
+        ..Decision::report(status(key, Phase::Failed, reason, None, etag))
     }
 }
 
-fn orphan(key: &ClusterKey, s: &StackView, phase: StackPhase, verdict: OrphanVerdict) -> Decision {
+fn orphan<'a>(
+    key: &'a ClusterKey,
+    s: &'a StackView,
+    phase: StackPhase,
+    verdict: OrphanVerdict,
+) -> Decision<'a> {
     let c = &key.cluster;
     let waiting = |message: String| {
-        Decision::report(status(key, running_phase(phase), &message, Some(s), None))
+        Decision::report(status(key, running_phase(phase), message, Some(s), None))
     };
     match verdict {
         OrphanVerdict::NotJudged => Decision::report(Report::Keep),
@@ -849,7 +911,7 @@ fn orphan(key: &ClusterKey, s: &StackView, phase: StackPhase, verdict: OrphanVer
             ..Decision::report(status(
                 key,
                 Phase::Deleting,
-                &format!("{c}.cf-create is gone: deleting the cluster"),
+                format!("{c}.cf-create is gone: deleting the cluster"),
                 Some(s),
                 None,
             ))
@@ -881,7 +943,12 @@ fn kept_tags(ours: BTreeMap<String, String>, s: &StackView) -> BTreeMap<String, 
     tags
 }
 
-fn ready(obs: &Observed, ctx: &Context<'_>, s: &StackView, etag: &str) -> Decision {
+fn ready<'a>(
+    obs: &'a Observed,
+    ctx: &Context<'_>,
+    s: &'a StackView,
+    etag: &'a str,
+) -> Decision<'a> {
     let key = &obs.key;
     let expiry = obs.expiry.map(|e| e.end);
     let warn = expiry
@@ -889,20 +956,30 @@ fn ready(obs: &Observed, ctx: &Context<'_>, s: &StackView, etag: &str) -> Decisi
             obs.now
                 >= end.saturating_sub(i64::try_from(ctx.lifetime_warning.as_secs()).unwrap_or(0))
         })
-        .map(|end| notice(NoticeEvent::LifetimeWarning, s, &rfc3339(end)));
+        .map(|end| notice(NoticeEvent::LifetimeWarning, s, rfc3339(end)));
     match &s.login_ip {
         Some(ip) => {
-            let mut st =
-                ClusterStatus::new(key, Phase::Ready, format!("ready: ssh {}@{ip}", key.user));
+            let mut st = StatusDoc::new(
+                key,
+                Phase::Ready,
+                Message::Ready {
+                    user: &key.user,
+                    ip,
+                },
+            );
             fill(&mut st, Some(s), Some(etag));
-            st.lifetime_end = expiry.map(rfc3339);
+            st.lifetime_end = expiry.map(Rfc3339);
             Decision {
-                created: Want::Body(created_body(key, ip, &s.name)),
+                created: Want::Body(Body::Created {
+                    key,
+                    ip,
+                    stack: &s.name,
+                }),
                 deleted: Want::Absent,
                 failed: Want::Absent,
-                notify: Some(notice(NoticeEvent::Ready, s, ip)),
+                notify: Some(notice(NoticeEvent::Ready, s, ip.as_str())),
                 warn,
-                ..Decision::report(Report::Set(Box::new(st)))
+                ..Decision::report(Report::Set(st))
             }
         }
         None => Decision {
@@ -943,43 +1020,47 @@ fn delete_action(key: &ClusterKey, s: &StackView, orphan: bool) -> Action {
 /// the failed operation; for readiness, the request it runs): never from the user's files,
 /// which anyone with write access to the folder can rewrite at will. The same event of the
 /// same stack is delivered once, across restarts.
-fn notice(event: NoticeEvent, s: &StackView, detail: &str) -> Draft {
-    let basis = match event {
-        NoticeEvent::Ready => format!("{}\u{0}{}", s.id, tag_hash(s).unwrap_or("")),
-        NoticeEvent::Failed => format!("{}\u{0}{}\u{0}{}", s.id, s.status, s.last_change),
-        NoticeEvent::LifetimeWarning | NoticeEvent::Deleted => s.id.clone(),
-    };
+fn notice<'a>(event: NoticeEvent, s: &'a StackView, detail: impl Into<Cow<'a, str>>) -> Draft<'a> {
     Draft {
         event,
-        stack: s.name.clone(),
-        basis,
-        detail: detail.to_owned(),
+        stack: Cow::Borrowed(&s.name),
+        basis: Basis::Stack(s),
+        detail: detail.into(),
     }
 }
 
 /// The "deleted" notice, when flightdeck saw this cluster's stack and then saw it deleted.
-fn deleted_notice(obs: &Observed, stack_name: impl FnOnce() -> String) -> Option<Draft> {
+fn deleted_notice(obs: &Observed, stack_name: impl FnOnce() -> String) -> Option<Draft<'_>> {
     let id = obs.vanished.as_deref()?;
     Some(Draft {
         event: NoticeEvent::Deleted,
-        stack: stack_name(),
-        basis: id.to_owned(),
-        detail: String::new(),
+        stack: Cow::Owned(stack_name()),
+        basis: Basis::Vanished(id),
+        detail: Cow::Borrowed(""),
     })
 }
 
 /// A notice a row may send, before its id is worked out: most are not sent (their
 /// marker already says the same), and the id takes a hash.
 #[derive(Debug)]
-struct Draft {
+struct Draft<'a> {
     event: NoticeEvent,
-    stack: String,
-    /// What identifies the event besides the cluster and its kind.
-    basis: String,
-    detail: String,
+    stack: Cow<'a, str>,
+    basis: Basis<'a>,
+    detail: Cow<'a, str>,
 }
 
-impl Draft {
+/// What identifies a notice's event besides the cluster and its kind.
+#[derive(Debug)]
+enum Basis<'a> {
+    /// The stack it is about: its id, and for readiness the request it runs, for a
+    /// failure the failed operation.
+    Stack(&'a StackView),
+    /// The id of the stack seen deleted.
+    Vanished(&'a str),
+}
+
+impl Draft<'_> {
     fn notice(self, key: &ClusterKey) -> Notice {
         let Draft {
             event,
@@ -987,6 +1068,16 @@ impl Draft {
             basis,
             detail,
         } = self;
+        let basis = match (basis, event) {
+            (Basis::Stack(s), NoticeEvent::Ready) => {
+                format!("{}\u{0}{}", s.id, tag_hash(s).unwrap_or(""))
+            }
+            (Basis::Stack(s), NoticeEvent::Failed) => {
+                format!("{}\u{0}{}\u{0}{}", s.id, s.status, s.last_change)
+            }
+            (Basis::Stack(s), NoticeEvent::LifetimeWarning | NoticeEvent::Deleted) => s.id.clone(),
+            (Basis::Vanished(id), _) => id.to_owned(),
+        };
         let id = crate::identity::hex_sha256(
             format!("{}\u{0}{}\u{0}{event:?}\u{0}{basis}", key.user, key.cluster).as_bytes(),
         )[..24]
@@ -995,8 +1086,8 @@ impl Draft {
             id,
             event,
             key: key.clone(),
-            stack,
-            detail,
+            stack: stack.into_owned(),
+            detail: detail.into_owned(),
         }
     }
 }
@@ -1005,53 +1096,53 @@ fn tag_hash(s: &StackView) -> Option<&str> {
     s.tags.get(crate::identity::TAG_REQUEST).map(String::as_str)
 }
 
-fn status(
-    key: &ClusterKey,
+fn status<'a>(
+    key: &'a ClusterKey,
     phase: Phase,
-    message: &str,
-    s: Option<&StackView>,
-    etag: Option<&str>,
-) -> Report {
-    let mut st = ClusterStatus::new(key, phase, message);
+    message: impl Into<Message<'a>>,
+    s: Option<&'a StackView>,
+    etag: Option<&'a str>,
+) -> Report<'a> {
+    let mut st = StatusDoc::new(key, phase, message);
     fill(&mut st, s, etag);
-    Report::Set(Box::new(st))
+    Report::Set(st)
 }
 
-fn fill(st: &mut ClusterStatus, s: Option<&StackView>, etag: Option<&str>) {
+fn fill<'a>(st: &mut StatusDoc<'a>, s: Option<&'a StackView>, etag: Option<&'a str>) {
     if let Some(s) = s {
-        st.stack = Some(s.name.clone());
-        st.stack_id = Some(s.id.clone()).filter(|id| !id.is_empty());
-        st.login_ip = s.login_ip.clone();
-        st.outputs = s.outputs.clone();
-        st.since = (s.last_change > 0).then(|| rfc3339(s.last_change));
+        st.stack = Some(Cow::Borrowed(&s.name));
+        st.stack_id = Some(s.id.as_str()).filter(|id| !id.is_empty());
+        st.login_ip = s.login_ip.as_deref();
+        st.outputs = Some(&s.outputs);
+        st.since = (s.last_change > 0).then_some(Rfc3339(s.last_change));
     }
     st.request_etag = etag.map(unquote);
 }
 
-fn deleted_status(key: &ClusterKey) -> ClusterStatus {
-    ClusterStatus::new(key, Phase::Deleted, "the cluster is deleted")
+fn deleted_status(key: &ClusterKey) -> StatusDoc<'_> {
+    StatusDoc::new(key, Phase::Deleted, "the cluster is deleted")
 }
 
-fn unquote(etag: &str) -> String {
-    etag.trim_matches('"').to_owned()
+fn unquote(etag: &str) -> &str {
+    etag.trim_matches('"')
 }
 
 /// Whether an object with `etag` already holds `body` (S3's ETag of a single-part upload
 /// is the MD5 of its content).
 pub fn holds(etag: &str, body: &str) -> bool {
-    etag.trim_matches('"')
-        .eq_ignore_ascii_case(&hex_md5(body.as_bytes()))
+    use md5::Digest;
+    etag_is_md5(etag, &md5::Md5::digest(body.as_bytes()))
 }
 
 /// Turns a decision into actions: the stack action first, then the notice (only when its
 /// marker is newly written, so it goes out once), writes of markers whose content differs,
 /// removals of markers that should not exist, and a look-again.
-fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
+fn render(obs: &Observed, ctx: &Context<'_>, d: Decision<'_>) -> Vec<Action> {
     let mut writes = Vec::new();
     let mut written = BTreeSet::new();
     let status = match &d.status {
         Report::Keep => Want::Keep,
-        Report::Set(st) => Want::Body(st.to_json()),
+        Report::Set(st) => Want::Body(Body::Status(st)),
     };
     for (suffix, want) in [
         (Suffix::Failed, &d.failed),
@@ -1062,12 +1153,12 @@ fn render(obs: &Observed, ctx: &Context<'_>, d: Decision) -> Vec<Action> {
         let object = || obs.key.object_key(ctx.home_prefix, suffix);
         let present = obs.markers.get(&suffix);
         match (want, present) {
-            (Want::Body(body), Some(etag)) if holds(etag, body) => {}
+            (Want::Body(body), Some(etag)) if body.held_by(etag) => {}
             (Want::Body(body), _) => {
                 written.insert(suffix);
                 writes.push(Action::Put {
                     key: object(),
-                    body: body.clone(),
+                    body: body.text(),
                 });
             }
             (Want::Absent, Some(_)) => writes.push(Action::Remove {

@@ -1,6 +1,8 @@
 //! The reconcile table, one row per case: what is observed, and the actions expected.
 
 use super::*;
+use crate::identity::hex_md5;
+use crate::report::ClusterStatus;
 use crate::request::parse_request;
 use crate::request::tests::{SEED_EXAMPLE, rules};
 

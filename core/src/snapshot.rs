@@ -2,11 +2,15 @@
 //! cluster. Built from plain listings, so it is the same for a full resync and a
 //! single-key look.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, btree_map};
+use std::iter::Peekable;
 
 use crate::adopt::unmanaged_key;
 use crate::identity::Identity;
-use crate::key::{ClusterKey, KeyKind, Mistake, Suffix, check_user_name, classify};
+use crate::key::{
+    Classified, ClusterKey, KeyKind, Mistake, Suffix, check_user_name, classify_borrowed,
+};
 use crate::stack::{StackPhase, StackView};
 
 /// An object as a listing reports it.
@@ -79,10 +83,33 @@ impl Snapshot {
         home_prefix: &str,
         objects: impl IntoIterator<Item = ObjectMeta>,
     ) {
+        // The cluster of the last file seen: a listing comes in key order, so a cluster's
+        // files come one after another, and are grouped without looking the cluster up
+        // again.
+        let mut current: Option<btree_map::OccupiedEntry<'_, ClusterKey, ClusterFiles>> = None;
         for object in objects {
-            match classify(home_prefix, &object.key) {
-                KeyKind::Cluster { key, suffix } => {
-                    let files = self.files.entry(key).or_default();
+            match classify_borrowed(home_prefix, &object.key) {
+                Classified::Cluster {
+                    user,
+                    cluster,
+                    suffix,
+                } => {
+                    let held = current
+                        .take()
+                        .filter(|entry| entry.key().user == user && entry.key().cluster == cluster);
+                    let mut entry = match held {
+                        Some(entry) => entry,
+                        None => match self.files.entry(ClusterKey {
+                            user: user.to_owned(),
+                            cluster: cluster.to_owned(),
+                        }) {
+                            btree_map::Entry::Occupied(entry) => entry,
+                            btree_map::Entry::Vacant(entry) => {
+                                entry.insert_entry(ClusterFiles::default())
+                            }
+                        },
+                    };
+                    let files = entry.get_mut();
                     match suffix {
                         Suffix::Create => files.create = Some(object),
                         Suffix::Delete => files.delete = true,
@@ -90,14 +117,17 @@ impl Snapshot {
                             files.markers.insert(marker, object.etag);
                         }
                     }
+                    current = Some(entry);
                 }
-                KeyKind::Mistaken { mistake, .. } => {
+                Classified::Other(KeyKind::Mistaken { mistake, .. }) => {
                     self.mistaken.insert(object.key, mistake);
                 }
-                KeyKind::MistakeReport { .. } => {
+                Classified::Other(KeyKind::MistakeReport { .. }) => {
                     self.reports.insert(object.key, object.etag);
                 }
-                KeyKind::Other => {
+                // Not returned by `classify_borrowed`.
+                Classified::Other(KeyKind::Cluster { .. }) => {}
+                Classified::Other(KeyKind::Other) => {
                     if let Some((folder, _)) = object
                         .key
                         .strip_prefix(home_prefix)
@@ -131,18 +161,17 @@ impl Snapshot {
                 }
                 continue;
             };
-            match self.stacks.remove(&key) {
-                None => {
-                    self.stacks.insert(key, stack);
+            match self.stacks.entry(key) {
+                btree_map::Entry::Vacant(entry) => {
+                    entry.insert(stack);
                 }
-                Some(held) => {
-                    let expected = identity.stack_name(&key);
-                    let (keep, other) = if stack.name == expected && held.name != expected {
-                        (stack, held)
+                btree_map::Entry::Occupied(mut entry) => {
+                    let expected = identity.stack_name(entry.key());
+                    let other = if stack.name == expected && entry.get().name != expected {
+                        entry.insert(stack)
                     } else {
-                        (held, stack)
+                        stack
                     };
-                    self.stacks.insert(key, keep);
                     self.duplicates.push(other);
                 }
             }
@@ -158,17 +187,89 @@ impl Snapshot {
             .collect()
     }
 
+    /// Takes every cluster of [`Snapshot::keys`] out of the snapshot, in key order, with
+    /// what `files`, `stacks` and `unmanaged` hold for it: moved, not copied, so planning
+    /// a whole look copies no cluster's files or stacks. Those three are left empty (read
+    /// what else is needed of them, such as [`Snapshot::orphans`], first); the rest of the
+    /// snapshot stays as it is.
+    pub fn take_clusters(&mut self) -> Clusters {
+        Clusters {
+            files: std::mem::take(&mut self.files).into_iter().peekable(),
+            stacks: std::mem::take(&mut self.stacks).into_iter().peekable(),
+            unmanaged: std::mem::take(&mut self.unmanaged),
+        }
+    }
+
     /// Clusters with a stack of ours and neither a request nor a delete request.
     pub fn orphans(&self) -> Vec<ClusterKey> {
+        // Both maps are in key order: walk them side by side.
+        let mut files = self.files.iter().peekable();
         self.stacks
             .keys()
             .filter(|k| {
-                self.files
-                    .get(*k)
-                    .is_none_or(|f| f.create.is_none() && !f.delete)
+                while files.next_if(|(f, _)| f < k).is_some() {}
+                files
+                    .next_if(|(f, _)| f == k)
+                    .is_none_or(|(_, f)| f.create.is_none() && !f.delete)
             })
             .cloned()
             .collect()
+    }
+}
+
+/// One cluster of a snapshot, as [`Snapshot::take_clusters`] takes it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterParts {
+    /// Which cluster.
+    pub key: ClusterKey,
+    /// Its files (none when it has only a stack).
+    pub files: ClusterFiles,
+    /// Its stack of ours, if any.
+    pub stack: Option<StackView>,
+    /// A stack of the older design for it, if any.
+    pub unmanaged: Option<StackView>,
+}
+
+/// The clusters taken out of a snapshot ([`Snapshot::take_clusters`]), in key order.
+#[derive(Debug)]
+pub struct Clusters {
+    files: Peekable<btree_map::IntoIter<ClusterKey, ClusterFiles>>,
+    stacks: Peekable<btree_map::IntoIter<ClusterKey, StackView>>,
+    unmanaged: BTreeMap<ClusterKey, StackView>,
+}
+
+impl Iterator for Clusters {
+    type Item = ClusterParts;
+
+    fn next(&mut self) -> Option<ClusterParts> {
+        // Both maps are in key order: merge them.
+        let order = match (self.files.peek(), self.stacks.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((with_files, _)), Some((with_stack, _))) => with_files.cmp(with_stack),
+        };
+        let (key, files, stack) = match order {
+            Ordering::Less => {
+                let (key, files) = self.files.next()?;
+                (key, files, None)
+            }
+            Ordering::Greater => {
+                let (key, stack) = self.stacks.next()?;
+                (key, ClusterFiles::default(), Some(stack))
+            }
+            Ordering::Equal => {
+                let (key, files) = self.files.next()?;
+                (key, files, self.stacks.next().map(|(_, stack)| stack))
+            }
+        };
+        let unmanaged = self.unmanaged.remove(&key);
+        Some(ClusterParts {
+            key,
+            files,
+            stack,
+            unmanaged,
+        })
     }
 }
 
@@ -246,6 +347,30 @@ mod tests {
             ["home/alice/my_c.cf-create"]
         );
         assert_eq!(snap.reports.len(), 1);
+    }
+
+    #[test]
+    fn a_clusters_files_group_together_in_any_order_and_over_pages() {
+        let mut snap = Snapshot::default();
+        snap.add_objects(
+            "home/",
+            [
+                obj("home/alice/x.cf-status"),
+                obj("home/alice/y.cf-create"),
+                obj("home/alice/x.cf-create"),
+            ],
+        );
+        snap.add_objects(
+            "home/",
+            [obj("home/alice/x.cf-delete"), obj("home/alice/y.cf-failed")],
+        );
+        let x = &snap.files[&k("alice", "x")];
+        assert!(x.create.is_some() && x.delete);
+        assert_eq!(x.markers.keys().collect::<Vec<_>>(), [&Suffix::Status]);
+        let y = &snap.files[&k("alice", "y")];
+        assert!(y.create.is_some() && !y.delete);
+        assert_eq!(y.markers.keys().collect::<Vec<_>>(), [&Suffix::Failed]);
+        assert_eq!(snap.files.len(), 2);
     }
 
     #[test]
@@ -333,6 +458,58 @@ mod tests {
             snap.orphans().is_empty(),
             "an unmanaged stack is never an orphan"
         );
+    }
+
+    #[test]
+    fn taking_the_clusters_gives_each_key_once_with_what_the_maps_held_for_it() {
+        let mut snap = Snapshot::build(
+            "home/",
+            &id(),
+            [
+                obj("home/alice/x.cf-create"),
+                obj("home/alice/x.cf-status"),
+                obj("home/bob/w.cf-delete"),
+                obj("home/carol/v.cf-create"),
+                obj("home/dan/z.cf-status"),
+            ],
+            [
+                stack("fd-alice-x", "alice", "x", "site-a"),
+                stack("fd-alice-y", "alice", "y", "site-a"),
+                stack("fd-dan-z", "dan", "z", "site-a"),
+            ],
+        );
+        snap.unmanaged
+            .insert(k("carol", "v"), stack("v", "carol", "v", "site-b"));
+        snap.unmanaged
+            .insert(k("erin", "u"), stack("u", "erin", "u", "site-b"));
+        assert_eq!(
+            snap.orphans(),
+            [k("alice", "y"), k("dan", "z")],
+            "a stack with markers but neither request is an orphan"
+        );
+        let before = snap.clone();
+        let parts: Vec<ClusterParts> = snap.take_clusters().collect();
+        assert_eq!(
+            parts.iter().map(|p| p.key.clone()).collect::<Vec<_>>(),
+            before.keys().into_iter().collect::<Vec<_>>()
+        );
+        for p in &parts {
+            assert_eq!(
+                p.files,
+                before.files.get(&p.key).cloned().unwrap_or_default(),
+                "{}",
+                p.key
+            );
+            assert_eq!(p.stack.as_ref(), before.stacks.get(&p.key), "{}", p.key);
+            assert_eq!(
+                p.unmanaged.as_ref(),
+                before.unmanaged.get(&p.key),
+                "{}",
+                p.key
+            );
+        }
+        assert!(snap.files.is_empty() && snap.stacks.is_empty() && snap.unmanaged.is_empty());
+        assert_eq!(snap.mistaken, before.mistaken);
     }
 
     #[test]
