@@ -19,7 +19,7 @@ use flightdeck_core::plan::{
 };
 use flightdeck_core::report::Phase;
 use flightdeck_core::request::{MAX_REQUEST_BYTES, RequestError, RequestRules, parse_request};
-use flightdeck_core::snapshot::{ClusterFiles, Snapshot};
+use flightdeck_core::snapshot::{ClusterFiles, ClusterParts, Snapshot};
 use flightdeck_core::stack::{StackPhase, StackView};
 use flightdeck_core::watch::{Poll, Waiting, Watch, in_progress};
 use futures::StreamExt;
@@ -62,9 +62,9 @@ pub struct KeyOutcome {
     pub max_nodes: Option<i64>,
     /// Not looked at: its user's work for this pass was spent (the next pass goes on).
     pub deferred: bool,
-    /// The status its stack was seen in, when it waits for that stack to change by itself:
-    /// it is put on the watch, which polls it every busy interval, rather than looked at
-    /// alone.
+    /// The stack it waits on and the status that stack was seen in, when it waits for the
+    /// stack to change by itself: it is put on the watch, which polls it every busy
+    /// interval, rather than looked at alone.
     pub waits_on: Option<Waiting>,
 }
 
@@ -310,7 +310,7 @@ where
         queue: Option<&WorkQueue>,
     ) -> Result<PassReport, CallError> {
         let start = Instant::now();
-        let snap = match self.list_everything().await {
+        let mut snap = match self.list_everything().await {
             Ok(snap) => snap,
             Err(e) => {
                 self.lock_orphans().judge(
@@ -348,16 +348,27 @@ where
         // One user's clusters are looked at one after another, in one slot of the
         // `concurrency`: a user with thousands of files cannot hold every slot, and reads at
         // most `reconcile.per_user_work` requests a pass.
-        let mut by_user: BTreeMap<String, Vec<ClusterKey>> = BTreeMap::new();
-        for key in snap.keys() {
-            by_user.entry(key.user.clone()).or_default().push(key);
+        // Each cluster's files and stacks are moved out of the snapshot, not copied: the
+        // snapshot keeps what the rest of the pass reads (mistakes, reports).
+        let mut by_user: BTreeMap<String, Vec<ClusterParts>> = BTreeMap::new();
+        for parts in snap.take_clusters() {
+            by_user
+                .entry(parts.key.user.clone())
+                .or_default()
+                .push(parts);
         }
         let (snap, judgement) = (&snap, &judgement);
         let outcomes: BTreeMap<ClusterKey, KeyOutcome> = futures::stream::iter(by_user)
-            .map(|(_, keys)| async move {
+            .map(|(_, clusters)| async move {
                 let reads = AtomicUsize::new(self.settings.guards.per_user_work);
                 let mut outcomes = Vec::new();
-                for key in keys {
+                for ClusterParts {
+                    key,
+                    files,
+                    stack,
+                    unmanaged,
+                } in clusters
+                {
                     let claimed = match queue {
                         Some(q) => match q.claim(&key) {
                             Some(c) => Some(c),
@@ -365,9 +376,6 @@ where
                         },
                         None => None,
                     };
-                    let files = snap.files.get(&key).cloned().unwrap_or_default();
-                    let stack = snap.stacks.get(&key).cloned();
-                    let unmanaged = snap.unmanaged.get(&key).cloned();
                     let verdict = judgement
                         .verdicts
                         .get(&key)
@@ -471,12 +479,12 @@ where
         Ok(snap)
     }
 
-    /// Whether clusters wait for their stack to change.
+    /// How many clusters wait for their stack to change.
     pub fn watching(&self) -> usize {
         lock(&self.watch).len()
     }
 
-    /// How long until the watched stacks are due to be listed again; `None` while nothing
+    /// How long until the watched stacks are due to be polled again; `None` while nothing
     /// is watched.
     pub fn poll_due_in(&self) -> Option<Duration> {
         lock(&self.watch).due_in(self.settings.busy_interval, self.epoch.elapsed())
@@ -552,7 +560,7 @@ where
             lock(&self.watch).take_seen(key, self.settings.busy_interval, self.epoch.elapsed());
         let observed = async {
             let objects = self.cloud.store.list(&prefix).await?;
-            // A stack the listing no longer showed is described: gone, or not listed yet.
+            // A stack the poll no longer showed is described: gone, or not listed yet.
             let stack = match seen.flatten() {
                 Some(listed) => Some(listed),
                 None => match self.cloud.stacks.describe(&name).await? {

@@ -96,8 +96,8 @@ impl Watch {
         self.busy.is_empty()
     }
 
-    /// How long until the next poll is due, `interval` after the last listing; `None` when
-    /// nothing is watched.
+    /// How long until the next poll is due, `interval` after the last poll or listing;
+    /// `None` when nothing is watched.
     pub fn due_in(&self, interval: Duration, now: Duration) -> Option<Duration> {
         if self.busy.is_empty() {
             return None;
