@@ -514,6 +514,20 @@ class EmulatorExtensionTest(unittest.TestCase):
             self.assertRegex(ip, r"^198\.1[89]\.[0-9]+\.[0-9]+$")
 
 
+class AddressesTest(unittest.TestCase):
+    """Public addresses for many clusters, on an emulator of their own (a thousand Elastic
+    IPs would slow every later test of a shared one)."""
+
+    def test_a_thousand_elastic_ips_are_all_different(self):
+        server, port = start_emulator("signal")
+        self.addCleanup(stop_emulator, server)
+        ec2 = boto3.client("ec2", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        # At random among 65,024 addresses, 1,000 would share one about 7 times over.
+        addresses = [ec2.allocate_address(Domain="vpc")["PublicIp"] for _ in range(1000)]
+        self.assertEqual(len(set(addresses)), len(addresses))
+
+
 class CompleteModeTest(unittest.TestCase):
     """FLIGHTDECK_EMULATOR_WAIT_CONDITIONS=complete: for runs where no instance boots."""
 
