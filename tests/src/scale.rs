@@ -23,10 +23,7 @@ use flightdeck_core::snapshot::ObjectMeta;
 use flightdeck_core::stack::StackView;
 use md5::{Digest, Md5};
 
-/// Objects a page of a listing holds, as on S3.
-pub const OBJECTS_PAGE: usize = 1000;
-/// Stacks a page of DescribeStacks holds.
-pub const STACKS_PAGE: usize = 100;
+pub use flightdeck::fake::{OBJECTS_PAGE, STACKS_PAGE};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -192,6 +189,13 @@ impl ScaleStore {
             Vec::new()
         };
         Some((meta.etag, body))
+    }
+
+    /// The object's body as text, when it exists (empty for a marker, whose body is not
+    /// kept).
+    pub fn text(&self, key: &str) -> Option<String> {
+        self.current(key)
+            .map(|(_, body)| String::from_utf8_lossy(&body).into_owned())
     }
 
     fn remove(&self, key: &str) {

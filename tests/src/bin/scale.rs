@@ -38,7 +38,7 @@ use flightdeck::reconcile::{Cloud, Reconciler};
 use flightdeck::run::run;
 use flightdeck_core::key::ClusterKey;
 use flightdeck_core::rate::Rate;
-use flightdeck_tests::scale::{OBJECTS_PAGE, STACKS_PAGE, ScaleStacks, ScaleStore, cluster, user};
+use flightdeck_tests::scale::{OBJECTS_PAGE, STACKS_PAGE, ScaleStacks, ScaleStore, user};
 use http_body_util::Full;
 
 /// Counts the heap's bytes, so the controller's share can be told from the stand-ins'.
@@ -317,8 +317,8 @@ async fn creating_at_once(
             panic!(
                 "only {} of {creating} creates arrived; {status}: {:?}, .cf-failed: {:?}",
                 stacks.creates() - before_creates,
-                store_text(store, &status),
-                store_text(store, &failed)
+                store.text(&status),
+                store.text(&failed)
             );
         }
     }
@@ -360,7 +360,7 @@ async fn creating_at_once(
         .iter()
         .filter(|k| {
             let key = format!("home/{}/{}.cf-created", k.user, k.cluster);
-            futures_lite_ready(store, &key)
+            store.text(&key).is_some()
         })
         .count();
     let after = delta(&samples.last().unwrap().1, &samples[c].1);
@@ -375,29 +375,6 @@ async fn creating_at_once(
             (4 * busy).as_secs()
         ),
     );
-}
-
-fn store_text(store: &ScaleStore, key: &str) -> Option<String> {
-    use flightdeck::ports::ObjectStore;
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let mut fut = std::pin::pin!(store.get(key));
-    match fut.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(Ok(Some(f))) => Some(String::from_utf8_lossy(&f.body).into_owned()),
-        _ => None,
-    }
-}
-
-/// Whether `key` exists, without an async runtime in the way (the store answers at once).
-fn futures_lite_ready(store: &ScaleStore, key: &str) -> bool {
-    use flightdeck::ports::ObjectStore;
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let mut fut = std::pin::pin!(store.get(key));
-    matches!(
-        fut.as_mut().poll(&mut cx),
-        std::task::Poll::Ready(Ok(Some(_)))
-    )
 }
 
 async fn hints(
@@ -571,7 +548,6 @@ fn main() {
     let _ = std::fs::remove_dir_all(&scratch);
     let (peak, _) = memory();
     println!("peak RSS of the whole run: {peak:.1} MiB");
-    let _ = cluster;
     if !failed.0.is_empty() {
         eprintln!(
             "bench-scale: {} figure(s) off: {:?}",
